@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:  make demo  and  make test.
+# Both create .venv/ (once; again only when pyproject.toml changes) and install the project
+# into it.  The Delta jars are fetched by Spark from Maven Central on first use and cached
+# under ~/.cache/distunlearn/ivy (see README, "Delta jars").
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_OUTPUT ?= demo-output
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/distunlearn demo --config conf/local.yaml --output $(DEMO_OUTPUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib jobs tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache

@@ -1,0 +1,227 @@
+"""Job configuration: one frozen dataclass, loaded from YAML, overridden from the command line.
+
+Precedence, lowest first: the defaults below, the YAML file (``--config``), command-line
+flags.  Every field is a flag: ``feature_col`` is ``--feature-col``; tuples are
+comma-separated (``--methods lr_gauss,mu2``); ``spark_conf`` takes repeated
+``--spark-conf KEY=VALUE``.  The help text of each flag is the ``help`` metadata below, so
+``--help`` and this file cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distunlearn.budgets import DEFAULT_BUDGETS
+from distunlearn.covariance import COVARIANCE_KINDS
+from distunlearn.errors import ConfigError
+from distunlearn.scoring import COSINE_CENTERS, COVARIANCE_SOURCES, DEFAULT_METHODS, METHODS
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+INVALID_POLICIES = ("fail", "drop")
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """All settings of a run.  See ``conf/local.yaml`` for an annotated copy of the defaults."""
+
+    # --- inputs and outputs
+    forget: str = _f("", "forget table (rows to consider for removal): a Delta path, a Parquet "
+                         "folder or a catalog table name", required=True)
+    retain: str = _f("", "retain table (rows to keep): a Delta path, a Parquet folder or a "
+                         "catalog table name", required=True)
+    id_col: str = _f("id", "id column in both tables (long or string); must be unique and non-null "
+                           "in the forget table")
+    feature_col: str = _f("features", "feature column in both tables: array<float|double> or a "
+                                      "Spark ML vector")
+    output: str = _f("", "output folder; the Delta tables removal_sets, statistics and runs are "
+                         "created under it", required=True)
+    run_id: str = _f("", "identifier of this run ([A-Za-z0-9._-], up to 128 chars); rerunning an "
+                         "id replaces its rows", required=True)
+    # --- method
+    methods: tuple[str, ...] = _f(DEFAULT_METHODS, "scoring methods, comma-separated, from: "
+                                  + ", ".join(METHODS), choices=METHODS)
+    budgets: tuple[float, ...] = _f(DEFAULT_BUDGETS, "deletion budgets as fractions of the forget "
+                                    "set in (0, 1], comma-separated; k = floor(f * n_forget)")
+    budget_counts: tuple[int, ...] = _f((), "deletion budgets as absolute row counts, "
+                                        "comma-separated (in addition to --budgets)")
+    covariance: str = _f("full", "covariance estimate for the Mahalanobis rules; 'full' falls "
+                         "back to ledoit_wolf with a warning when n <= d or ill-conditioned",
+                         choices=COVARIANCE_KINDS)
+    covariance_source: str = _f("pooled", "rows the covariance is estimated from: 'pooled' "
+                                "(within-domain, forget and retain) or 'retain'",
+                                choices=COVARIANCE_SOURCES)
+    ridge: float = _f(1e-3, "ridge for covariance=ridge, relative to the mean variance")
+    max_condition: float = _f(1e8, "largest condition number accepted for covariance=full")
+    cosine_center: str = _f("none", "centre features before cosine distances: 'none' or "
+                            "'pooled_mean'", choices=COSINE_CENTERS)
+    seed: int = _f(0, "seed of the random method (a hash of seed and id; independent of "
+                      "partitioning)")
+    on_invalid: str = _f("fail", "rows whose features contain NaN or +-inf: 'fail' the run, or "
+                         "'drop' them and report the count", choices=INVALID_POLICIES)
+    check_retain_ids: bool = _f(True, "also check the retain ids for nulls and duplicates (one "
+                                "shuffle of the retain ids; forget ids are always checked)")
+    stats_run_id: str = _f("", "score with the statistics stored under this run id instead of "
+                               "computing them (score subcommand; empty: this run's own)")
+    # --- Spark
+    master: str = _f("local[2]", "Spark master URL; ignored under spark-submit, which sets it")
+    shuffle_partitions: int = _f(8, "spark.sql.shuffle.partitions")
+    arrow_batch_size: int = _f(10000, "rows per Arrow batch handed to the numpy kernels "
+                                      "(spark.sql.execution.arrow.maxRecordsPerBatch)")
+    driver_memory: str = _f("2g", "spark.driver.memory (local mode: the whole job's memory)")
+    ivy_dir: str = _f("~/.cache/distunlearn/ivy", "Ivy cache the Delta jars are fetched into "
+                      "from Maven Central on first use")
+    delta_jars: str = _f("", "comma-separated local Delta jar files to use instead of fetching "
+                             "(air-gapped machines)")
+    spark_conf: dict[str, str] = _f({}, "extra Spark settings, KEY=VALUE (repeatable)")
+    log_level: str = _f("INFO", "log level of the job's own messages",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def check(self, required: tuple[str, ...] = ("forget", "retain", "output", "run_id")) -> JobConfig:
+        """Raise ConfigError for missing or malformed values; return self for chaining."""
+        for name in required:
+            if not getattr(self, name):
+                raise ConfigError(f"missing required option --{name.replace('_', '-')} "
+                                  f"(or '{name}:' in the config file)")
+        for name in ("run_id", "stats_run_id"):
+            value = getattr(self, name)
+            if value and not RUN_ID_PATTERN.match(value):
+                raise ConfigError(f"{name} {value!r} must match {RUN_ID_PATTERN.pattern}")
+        for name in ("shuffle_partitions", "arrow_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.ridge < 0:
+            raise ConfigError(f"ridge must be >= 0, got {self.ridge}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if choices:
+                for v in values:
+                    if v not in choices:
+                        raise ConfigError(f"unknown {f.name} value {v!r}; choose from {', '.join(choices)}")
+        return self
+
+
+# ---------------------------------------------------------------------- parsing values
+def _parse(f: dataclasses.Field[Any], raw: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
+    name = f.name
+    kind = f.type if isinstance(f.type, str) else str(f.type)
+    try:
+        if kind.startswith("tuple"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw or [])
+            items = [i.strip() if isinstance(i, str) else i for i in items]
+            items = [i for i in items if i != ""]
+            if "float" in kind:
+                return tuple(float(i) for i in items)
+            if "int" in kind:
+                out = []
+                for i in items:
+                    v = float(i)
+                    if v != int(v):
+                        raise ValueError(i)
+                    out.append(int(v))
+                return tuple(out)
+            return tuple(str(i) for i in items)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(raw).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            if isinstance(raw, bool) or float(raw) != int(float(raw)):
+                raise ValueError(raw)
+            return int(float(raw))
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("dict"):
+            if isinstance(raw, dict):
+                return {str(k): str(v) for k, v in raw.items()}
+            out_d = {}
+            for item in raw:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise ValueError(item)
+                out_d[key.strip()] = value.strip()
+            return out_d
+        return "" if raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {name}: {raw!r} ({kind} expected)") from exc
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of config fields; unknown keys are errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of option: value")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} in config file {str(p)!r}")
+    return {k: _parse(FIELDS[k], v) for k, v in data.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (defaults suppressed so only given flags override)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options (flags override it)")
+    groups = {
+        "forget": parser.add_argument_group("inputs and outputs"),
+        "methods": parser.add_argument_group("method"),
+        "master": parser.add_argument_group("Spark"),
+    }
+    group = groups["forget"]
+    for f in dataclasses.fields(JobConfig):
+        group = groups.get(f.name, group)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f.metadata["help"] + ("" if f.metadata.get("required") else f" (default: {shown!s})")
+        help_text = help_text.replace("%", "%%")
+        if f.type == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        elif f.type.startswith("dict"):
+            group.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, metavar=f.name.upper(),
+                               default=argparse.SUPPRESS, help=help_text)
+
+
+def from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> JobConfig:
+    """Defaults, then ``--config`` file, then ``base`` overrides, then flags."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    values.update(base or {})
+    for name, f in FIELDS.items():
+        if name in vars(args):
+            parsed = _parse(f, getattr(args, name))
+            if name == "spark_conf":
+                parsed = {**values.get("spark_conf", {}), **parsed}
+            values[name] = parsed
+    return JobConfig(**values)

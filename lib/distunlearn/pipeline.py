@@ -1,0 +1,232 @@
+"""The job: statistics, then scoring and selection, then the output tables.
+
+``run`` = ``stats`` + ``score``.  Every check on the input (tables, columns, ids, features,
+dimensions, budgets) happens before the first write, so bad input leaves the output
+folder as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from distunlearn import io
+from distunlearn.aggregate import DomainStats, compute_stats
+from distunlearn.batches import check_dims
+from distunlearn.budgets import Budget, resolve_budgets
+from distunlearn.config import JobConfig
+from distunlearn.errors import InputError
+from distunlearn.prepare import check_ids, normalize
+from distunlearn.score import score_forget
+from distunlearn.scoring import ScoringModel, validate_methods
+from distunlearn.select import select_removal_sets
+from distunlearn.stats import GaussianStats
+
+log = logging.getLogger(__name__)
+
+_STATS_SCHEMA = (
+    "run_id string, domain string, n long, dim int, mean array<double>, m2 array<double>, "
+    "t3 array<double>, q4 double, rows long, dropped_nonfinite long, source string, "
+    "created_at timestamp"
+)
+_RUNS_SCHEMA = (
+    "run_id string, status string, started_at timestamp, finished_at timestamp, config string, "
+    "forget_source string, retain_source string, stats_run_id string, n_forget long, "
+    "n_retain long, dim int, covariance string, shrinkage double, timings map<string,double>, "
+    "summary array<struct<method:string, budget:double, budget_count:long, k:long, "
+    "threshold:double>>"
+)
+
+
+@dataclass
+class RunReport:
+    """What a run did: sizes, the covariance used, timings, and per method and budget k and
+    the score threshold (the k-th highest score)."""
+
+    run_id: str
+    n_forget: int = 0
+    n_retain: int = 0
+    dim: int = 0
+    covariance: str = ""
+    shrinkage: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    summary: list[dict[str, object]] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The per-method, per-budget summary as aligned text."""
+        lines = [f"run {self.run_id}: n_forget={self.n_forget} n_retain={self.n_retain} d={self.dim} "
+                 f"covariance={self.covariance} (shrinkage {self.shrinkage:.3g})",
+                 f"{'method':<10} {'budget':>8} {'k':>10} {'threshold':>14}"]
+        for row in self.summary:
+            thr = row["threshold"]
+            budget = f"k={row['budget_count']}" if row["budget_count"] is not None else f"{row['budget']:g}"
+            lines.append(f"{row['method']:<10} {budget:>8} {row['k']:>10} "
+                         f"{'-' if thr is None else f'{thr:.6g}':>14}")
+        lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+class _Stage:
+    """Context manager that logs a stage and records its wall time in ``timings``."""
+
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        log.info("stage %s ...", self.name)
+        self.start = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = time.monotonic() - self.start
+        if exc[0] is None:
+            log.info("stage %s done in %.1f s", self.name, self.timings[self.name])
+
+
+def read_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[DataFrame, DataFrame]:
+    """Both tables as DataFrame[id, features], with id checks (InputError on failure)."""
+    forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
+    retain = normalize(io.read_source(spark, cfg.retain, "retain"), cfg.id_col, cfg.feature_col, "retain")
+    check_ids(forget, cfg.id_col, "forget")
+    if cfg.check_retain_ids:
+        check_ids(retain, cfg.id_col, "retain")
+    return forget, retain
+
+
+def compute_statistics(forget: DataFrame, retain: DataFrame, cfg: JobConfig) -> tuple[DomainStats, DomainStats]:
+    """One distributed pass over each table; raises InputError for unusable features."""
+    f = compute_stats(forget, "forget", cfg.feature_col, cfg.on_invalid)
+    r = compute_stats(retain, "retain", cfg.feature_col, cfg.on_invalid)
+    check_dims(f.stats.dim, r.stats.dim, cfg.feature_col)
+    if r.stats.n < 2:
+        raise InputError(f"the retain table has {r.stats.n} usable row; at least 2 are needed "
+                         "for a covariance")
+    return f, r
+
+
+def write_statistics(spark: SparkSession, cfg: JobConfig, forget: DomainStats, retain: DomainStats) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    for domain, ds, source in (("forget", forget, cfg.forget), ("retain", retain, cfg.retain)):
+        s = ds.stats
+        rows.append((cfg.run_id, domain, s.n, s.dim, s.mean.tolist(), s.m2.ravel().tolist(),
+                     s.t3.tolist(), float(s.q4), ds.counts.rows, ds.counts.nonfinite, source, now))
+    df = spark.createDataFrame(rows, _STATS_SCHEMA)
+    io.replace_run(df, io.table_path(cfg.output, io.STATISTICS), cfg.run_id)
+
+
+def load_statistics(spark: SparkSession, cfg: JobConfig, run_id: str) -> tuple[GaussianStats, GaussianStats]:
+    """The forget and retain statistics stored for ``run_id`` (InputError if absent)."""
+    rows = {r["domain"]: r for r in io.read_run(spark, io.table_path(cfg.output, io.STATISTICS), run_id).collect()}
+    missing = [d for d in ("forget", "retain") if d not in rows]
+    if missing:
+        raise InputError(f"no {missing[0]} statistics stored for run {run_id!r} under {cfg.output!r}")
+    return tuple(GaussianStats.from_dict(rows[d].asDict()) for d in ("forget", "retain"))  # type: ignore[return-value]
+
+
+def _summary(selection_thresholds: dict[tuple[str, int], float | None], methods: tuple[str, ...],
+             budgets: list[Budget]) -> list[dict[str, object]]:
+    return [{"method": m, "budget": b.budget, "budget_count": b.count, "k": b.k,
+             "threshold": selection_thresholds.get((m, b.k))} for m in methods for b in budgets]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything scoring needs, checked: methods, budgets with their k, the model."""
+
+    methods: tuple[str, ...]
+    budgets: list[Budget]
+    model: ScoringModel
+
+
+def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, report: RunReport) -> Plan:
+    """Validate methods and budgets against n_forget and build the scoring model (raises
+    ConfigError/InputError before anything is written)."""
+    methods = validate_methods(cfg.methods)
+    budgets = resolve_budgets(cfg.budgets, cfg.budget_counts, f_stats.n)
+    for b in budgets:
+        if b.k == 0:
+            log.warning("budget %s selects no row (floor(%g x %d) = 0)", b.label, b.budget, f_stats.n)
+    model = ScoringModel.build(f_stats, r_stats, cfg.covariance_source, cfg.covariance, cfg.ridge,
+                               cfg.max_condition, cfg.cosine_center)
+    report.n_forget, report.n_retain, report.dim = f_stats.n, r_stats.n, f_stats.dim
+    report.covariance, report.shrinkage = model.covariance.kind, model.covariance.shrinkage
+    return Plan(methods, budgets, model)
+
+
+def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan: Plan, n_forget: int,
+                    report: RunReport) -> None:
+    """Score, select and write the run's removal_sets rows."""
+    path = io.table_path(cfg.output, io.REMOVAL_SETS)
+    with _Stage(report.timings, "score_select"):
+        scores = score_forget(forget, plan.model, plan.methods, cfg.seed)
+        selection = select_removal_sets(scores, plan.methods, plan.budgets, n_forget, cfg.shuffle_partitions)
+    try:
+        out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
+            "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score")
+        io.check_schema(spark, out, path)
+        with _Stage(report.timings, "write_removal_sets"):
+            io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
+    finally:
+        selection.release()
+    report.summary = _summary(selection.thresholds, plan.methods, plan.budgets)
+
+
+def write_run_row(spark: SparkSession, cfg: JobConfig, report: RunReport, started: dt.datetime,
+                  status: str) -> None:
+    row = (cfg.run_id, status, started, dt.datetime.now(dt.timezone.utc),
+           json.dumps(dataclasses.asdict(cfg), sort_keys=True), cfg.forget, cfg.retain,
+           cfg.stats_run_id or cfg.run_id, report.n_forget, report.n_retain, report.dim,
+           report.covariance, float(report.shrinkage), dict(report.timings),
+           [(r["method"], r["budget"], r["budget_count"], r["k"], r["threshold"]) for r in report.summary])
+    io.replace_run(spark.createDataFrame([row], _RUNS_SCHEMA), io.table_path(cfg.output, io.RUNS),
+                   cfg.run_id, partition_by=())
+
+
+def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    """Compute and persist the statistics of both tables (the ``stats`` subcommand)."""
+    report = RunReport(cfg.run_id)
+    with _Stage(report.timings, "read_check"):
+        forget, retain = read_inputs(spark, cfg)
+    with _Stage(report.timings, "statistics"):
+        f, r = compute_statistics(forget, retain, cfg)
+    report.n_forget, report.n_retain, report.dim = f.stats.n, r.stats.n, f.stats.dim
+    with _Stage(report.timings, "write_statistics"):
+        write_statistics(spark, cfg, f, r)
+    return report
+
+
+def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    """Score and select with stored statistics (the ``score`` subcommand)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    report = RunReport(cfg.run_id)
+    f_stats, r_stats = load_statistics(spark, cfg, cfg.stats_run_id or cfg.run_id)
+    plan = make_plan(cfg, f_stats, r_stats, report)
+    with _Stage(report.timings, "read_check"):
+        forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
+        check_ids(forget, cfg.id_col, "forget")
+    score_and_write(spark, cfg, forget, plan, f_stats.n, report)
+    write_run_row(spark, cfg, report, started, "succeeded")
+    return report
+
+
+def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    """The whole job (the ``run`` subcommand): statistics, scoring, selection, outputs."""
+    started = dt.datetime.now(dt.timezone.utc)
+    report = RunReport(cfg.run_id)
+    with _Stage(report.timings, "read_check"):
+        forget, retain = read_inputs(spark, cfg)
+    with _Stage(report.timings, "statistics"):
+        f, r = compute_statistics(forget, retain, cfg)
+    plan = make_plan(cfg, f.stats, r.stats, report)  # last check before the first write
+    with _Stage(report.timings, "write_statistics"):
+        write_statistics(spark, cfg, f, r)
+    score_and_write(spark, cfg, forget, plan, f.stats.n, report)
+    write_run_row(spark, cfg, report, started, "succeeded")
+    return report

@@ -1,0 +1,66 @@
+"""Input contract checks and normalisation (Spark DataFrame -> DataFrame, no I/O).
+
+Each input table must have an id column (long, int or string; unique and non-null in the
+forget table) and a feature column: ``array<float>``, ``array<double>``, an integer array
+(cast to double) or a Spark ML vector (converted with ``vector_to_array``).  The result has
+exactly two columns, ``id`` and ``features``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from distunlearn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+ID = "id"
+FEATURES = "features"
+_FLOAT_ELEMENTS = (T.FloatType, T.DoubleType)
+_INT_ELEMENTS = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+_ID_TYPES = (T.LongType, T.IntegerType, T.ShortType, T.StringType)
+
+
+def _field(df: DataFrame, column: str, domain: str) -> T.StructField:
+    names = {f.name: f for f in df.schema.fields}
+    if column not in names:
+        raise InputError(f"{domain} table has no column {column!r} (columns: {', '.join(names)})")
+    return names[column]
+
+
+def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str) -> DataFrame:
+    """Select and type-check the id and feature columns; return DataFrame[id, features]."""
+    id_field = _field(df, id_col, domain)
+    feat_field = _field(df, feature_col, domain)
+    if not isinstance(id_field.dataType, _ID_TYPES):
+        raise InputError(f"id column {id_col!r} of the {domain} table must be long, int or string, "
+                         f"got {id_field.dataType.simpleString()}")
+    dtype = feat_field.dataType
+    feature = F.col(feature_col)
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _FLOAT_ELEMENTS):
+        pass
+    elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _INT_ELEMENTS):
+        feature = feature.cast(T.ArrayType(T.DoubleType()))
+    elif dtype.typeName() == "vector":  # pyspark.ml.linalg.VectorUDT, dense or sparse
+        from pyspark.ml.functions import vector_to_array
+
+        feature = vector_to_array(feature, dtype="float64")
+    else:
+        raise InputError(f"feature column {feature_col!r} of the {domain} table must be "
+                         f"array<float|double> or a Spark ML vector, got {dtype.simpleString()}")
+    return df.select(F.col(id_col).alias(ID), feature.alias(FEATURES))
+
+
+def check_ids(df: DataFrame, id_col: str, domain: str) -> None:
+    """Raise InputError when ids are null or repeated (one shuffle of the id column)."""
+    nulls = df.where(F.col(ID).isNull()).limit(1).count()
+    if nulls:
+        raise InputError(f"id column {id_col!r} of the {domain} table has null values")
+    dup = df.groupBy(ID).count().where(F.col("count") > 1).limit(1).collect()
+    if dup:
+        raise InputError(f"id column {id_col!r} of the {domain} table has duplicate id "
+                         f"{dup[0][ID]!r} ({dup[0]['count']} rows)")

@@ -1,0 +1,70 @@
+"""Score every forget row for several methods in one pass (Spark DataFrame -> DataFrame).
+
+The :class:`~distunlearn.scoring.ScoringModel` (means, whitening matrix, LDA weights) is
+broadcast once; the mapInArrow function reads the broadcast value once per partition and
+scores each Arrow batch with vectorised numpy.  ``random`` is not computed in Python: it is
+``xxhash64(seed, id)`` mapped to [0, 1) in Spark SQL, so it depends only on the seed and the
+id, never on partitioning or batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from threadpoolctl import threadpool_limits
+
+from distunlearn.batches import list_to_matrix
+from distunlearn.prepare import FEATURES, ID
+from distunlearn.scoring import KERNEL_METHODS, ScoringModel
+
+METHOD = "method"
+SCORE = "score"
+_MANTISSA = (1 << 53) - 1
+
+
+def _scorer(broadcast: object, methods: tuple[str, ...]) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method).
+
+    Rows with invalid features are left out (they only reach this point under
+    ``on_invalid: drop``; otherwise the statistics pass has already failed the run).
+    """
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model: ScoringModel = broadcast.value  # type: ignore[attr-defined]  # once per partition
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rb in batches:
+                batch = list_to_matrix(rb.column(1))
+                ids = rb.column(0)
+                if batch.mask is not None:
+                    ids = ids.filter(pa.array(batch.mask))
+                if len(ids) == 0:
+                    continue
+                scores = model.score(batch.x, methods)
+                cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
+                yield pa.RecordBatch.from_arrays([ids, *cols], names=[ID, *methods])
+
+    return score_partition
+
+
+def random_score(seed: int) -> F.Column:
+    """Uniform score in [0, 1): the low 53 bits of xxhash64(seed, id), divided by 2^53."""
+    return (F.xxhash64(F.lit(seed), F.col(ID)).bitwiseAND(F.lit(_MANTISSA)) / float(1 << 53)).cast("double")
+
+
+def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...], seed: int) -> DataFrame:
+    """Long-format scores DataFrame[id, method, score], one row per (forget row, method)."""
+    spark = forget.sparkSession
+    kernel = tuple(m for m in methods if m in KERNEL_METHODS)
+    id_type = forget.schema[ID].dataType
+    schema = T.StructType([T.StructField(ID, id_type, False)]
+                          + [T.StructField(m, T.DoubleType(), False) for m in kernel])
+    bc = spark.sparkContext.broadcast(model)
+    wide = forget.select(ID, FEATURES).mapInArrow(_scorer(bc, kernel), schema)
+    if "random" in methods:
+        wide = wide.withColumn("random", random_score(seed))
+    return wide.unpivot([ID], list(methods), METHOD, SCORE)
