@@ -97,6 +97,9 @@ def list_to_matrix(column: pa.Array | pa.ChunkedArray) -> Batch:
         counts = InputCounts(rows=n, null_arrays=null_arrays, min_len=min_len, max_len=max_len)
         return Batch(np.empty((0, 0)), np.zeros(n, dtype=bool), counts)
     d = min_len
+    if d == 0:  # empty arrays: nothing to reshape; counts.check reports them
+        counts = InputCounts(rows=n, null_arrays=null_arrays, min_len=0, max_len=0)
+        return Batch(np.empty((0, 0)), np.zeros(n, dtype=bool), counts)
     values = column.flatten()  # values of the non-null lists, in row order
     x = values.to_numpy(zero_copy_only=False).reshape(-1, d)
     ok = np.isfinite(x).all(axis=1)

@@ -18,7 +18,7 @@ from distunlearn.errors import ConfigError
 DEFAULT_BUDGETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05, 0.10, ..., 1.00
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Budget:
     """One resolved budget: its output value, its size k, and the count if given as one."""
 
@@ -58,4 +58,5 @@ def resolve_budgets(fractions: tuple[float, ...], counts: tuple[int, ...], n1: i
             raise ConfigError(f"budget count {c} exceeds the forget set size n1 = {n1}")
         b = Budget(k=int(c), budget=int(c) / n1, count=int(c))
         out[(b.budget, b.count)] = b
-    return sorted(out.values())
+    # By size, then fraction budgets before count budgets of the same size.
+    return sorted(out.values(), key=lambda b: (b.k, b.budget, b.count is not None, b.count or 0))

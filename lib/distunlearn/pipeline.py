@@ -60,15 +60,20 @@ class RunReport:
     summary: list[dict[str, object]] = field(default_factory=list)
 
     def table(self) -> str:
-        """The per-method, per-budget summary as aligned text."""
+        """The summary as aligned text: one line per budget, k, then the score threshold (the
+        k-th highest score) of each method."""
+        methods = list(dict.fromkeys(str(r["method"]) for r in self.summary))
         lines = [f"run {self.run_id}: n_forget={self.n_forget} n_retain={self.n_retain} d={self.dim} "
                  f"covariance={self.covariance} (shrinkage {self.shrinkage:.3g})",
-                 f"{'method':<10} {'budget':>8} {'k':>10} {'threshold':>14}"]
-        for row in self.summary:
-            thr = row["threshold"]
-            budget = f"k={row['budget_count']}" if row["budget_count"] is not None else f"{row['budget']:g}"
-            lines.append(f"{row['method']:<10} {budget:>8} {row['k']:>10} "
-                         f"{'-' if thr is None else f'{thr:.6g}':>14}")
+                 "score threshold (k-th highest score) per method:",
+                 f"{'budget':>8} {'k':>10} " + " ".join(f"{m:>12}" for m in methods)]
+        rows: dict[tuple[object, object], dict[str, object]] = {}
+        for r in self.summary:
+            rows.setdefault((r["budget"], r["budget_count"]), {"k": r["k"]})[str(r["method"])] = r["threshold"]
+        for (budget, count), cells in rows.items():
+            label = f"k={count}" if count is not None else f"{budget:g}"
+            values = " ".join(f"{'-' if cells[m] is None else format(cells[m], '.5g'):>12}" for m in methods)
+            lines.append(f"{label:>8} {cells['k']:>10} {values}")
         lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
         return "\n".join(lines)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -45,9 +47,7 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str) -> Data
         pass
     elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _INT_ELEMENTS):
         feature = feature.cast(T.ArrayType(T.DoubleType()))
-    elif dtype.typeName() == "vector":  # pyspark.ml.linalg.VectorUDT, dense or sparse
-        from pyspark.ml.functions import vector_to_array
-
+    elif isinstance(dtype, VectorUDT):  # dense or sparse
         feature = vector_to_array(feature, dtype="float64")
     else:
         raise InputError(f"feature column {feature_col!r} of the {domain} table must be "

@@ -1,0 +1,72 @@
+"""One Spark session for the whole test run: local[2], Delta on, UI off, 4 shuffle partitions
+(more than one, so merge and ranking bugs across partitions show) and tiny Arrow batches (7
+rows) so every UDF sees many batches per partition."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distunlearn.config import JobConfig
+
+ARROW_BATCH = 7
+SHUFFLE_PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from distunlearn.session import get_session
+
+    cfg = JobConfig(shuffle_partitions=SHUFFLE_PARTITIONS, arrow_batch_size=ARROW_BATCH,
+                    driver_memory="2g", spark_conf={"spark.ui.enabled": "false",
+                                                    "spark.default.parallelism": "4"})
+    session = get_session(cfg, launch=True)
+    yield session
+    session.stop()
+
+
+def frame(ids: Any, features: Any, id_name: str = "id", feature_name: str = "features") -> pd.DataFrame:
+    """A pandas frame of ids and feature rows (lists or numpy rows; None for a null array)."""
+    return pd.DataFrame({id_name: list(ids), feature_name: [None if f is None else list(f) for f in features]})
+
+
+def write_table(spark, pdf: pd.DataFrame, path: Path, schema: str, fmt: str = "delta",
+                partitions: int = 3) -> str:
+    """Write ``pdf`` with Spark as a Delta table (or Parquet folder) of ``partitions`` files."""
+    df = spark.createDataFrame(pdf, schema).repartition(partitions)
+    df.write.format(fmt).mode("overwrite").save(str(path))
+    return str(path)
+
+
+def gaussian_tables(spark, root: Path, n_forget: int = 120, n_retain: int = 300, dim: int = 4,
+                    shift: float = 1.0, seed: int = 7, dtype: str = "double") -> tuple[str, str, np.ndarray, np.ndarray]:
+    """Forget ~ N(0, A A^T), retain ~ N(shift * 1, A A^T) with a random mixing A (so the
+    covariance is not the identity); ids 0..n_forget-1 and 10_000.. for retain."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(dim) + 0.3 * rng.standard_normal((dim, dim))
+    xf = rng.standard_normal((n_forget, dim)) @ mix.T
+    xr = rng.standard_normal((n_retain, dim)) @ mix.T + shift
+    if dtype == "float":
+        xf, xr = xf.astype(np.float32), xr.astype(np.float32)
+    schema = f"id long, features array<{dtype}>"
+    f = write_table(spark, frame(range(n_forget), xf), root / "forget", schema)
+    r = write_table(spark, frame(range(10_000, 10_000 + n_retain), xr), root / "retain", schema)
+    return f, r, xf.astype(np.float64), xr.astype(np.float64)
+
+
+def make_config(root: Path, forget: str, retain: str, **overrides: Any) -> JobConfig:
+    base = JobConfig(forget=forget, retain=retain, output=str(root / "out"), run_id="t1",
+                     shuffle_partitions=SHUFFLE_PARTITIONS, arrow_batch_size=ARROW_BATCH)
+    return dataclasses.replace(base, **overrides).check()
+
+
+def read_delta(path: str | Path) -> pd.DataFrame:
+    """Read a Delta table with delta-rs (the ``deltalake`` package), not with Spark."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(path)).to_pandas()
