@@ -43,8 +43,8 @@ def write_table(spark, pdf: pd.DataFrame, path: Path, schema: str, fmt: str = "d
     return str(path)
 
 
-def gaussian_tables(spark, root: Path, n_forget: int = 120, n_retain: int = 300, dim: int = 4,
-                    shift: float = 1.0, seed: int = 7, dtype: str = "double") -> tuple[str, str, np.ndarray, np.ndarray]:
+def gaussian_tables(spark, root: Path, n_forget: int = 120, n_retain: int = 300, dim: int = 4, shift: float = 1.0,
+                    seed: int = 7, dtype: str = "double") -> tuple[str, str, np.ndarray, np.ndarray]:
     """Forget ~ N(0, A A^T), retain ~ N(shift * 1, A A^T) with a random mixing A (so the
     covariance is not the identity); ids 0..n_forget-1 and 10_000.. for retain."""
     rng = np.random.default_rng(seed)

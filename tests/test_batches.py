@@ -26,7 +26,7 @@ NP_DTYPE = {"float": np.float32, "double": np.float64}
 def expected_valid(rows: list) -> tuple[np.ndarray, list[bool]]:
     """Rows that are non-null, without null elements, and finite; and the mask, by hand."""
     mask = [r is not None and all(v is not None and math.isfinite(v) for v in r) for r in rows]
-    return np.array([r for r, m in zip(rows, mask) if m], dtype=np.float64), mask
+    return np.array([r for r, m in zip(rows, mask, strict=True) if m], dtype=np.float64), mask
 
 
 # --------------------------------------------------------------------------- clean input

@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 import pytest
-from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage as sk_shrinkage
+from sklearn.covariance import ledoit_wolf
+from sklearn.covariance import ledoit_wolf_shrinkage as sk_shrinkage
 
 from distunlearn.covariance import estimate_covariance, ledoit_wolf_shrinkage, pooled
 from distunlearn.errors import InputError

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import frame, gaussian_tables, make_config, read_delta, write_table
 
+from conftest import frame, gaussian_tables, make_config, read_delta, write_table
 from distunlearn.pipeline import run_pipeline, run_score, run_stats
 from distunlearn.scoring import METHODS
 
@@ -83,7 +83,7 @@ def test_exact_k_and_nested_sets(full_run):
             assert len(group) == group["k"].iloc[0]
         assert sorted(len(s) for s in sets.values()) == [6, 7, 34, 60, 120]  # floor(0.29*120)=34
         ordered = sorted(sets.values(), key=len)
-        assert all(a <= b for a, b in zip(ordered, ordered[1:])), method
+        assert all(a <= b for a, b in zip(ordered, ordered[1:], strict=False)), method
     counts = table[table.budget_count.notna()]
     assert set(counts["budget_count"]) == {7} and np.allclose(counts["budget"], 7 / 120)
 
@@ -187,7 +187,8 @@ def test_ties_are_broken_by_id_for_long_and_string_ids(spark, tmp_path):
     for method in ("mu2", "lr_gauss"):
         assert table[table.method == method].sort_values("rank")["id"].tolist() == [0, 1, 2]
     names = ["b", "a10", "a9", "c", "a1"]
-    rs = write_table(spark, frame([f"r{i}" for i in range(50)], retain), tmp_path / "rs", "id string, features array<double>")
+    rs = write_table(spark, frame([f"r{i}" for i in range(50)], retain), tmp_path / "rs",
+                     "id string, features array<double>")
     fs = write_table(spark, frame(names, same[:5]), tmp_path / "fs", "id string, features array<double>")
     cfg = make_config(tmp_path, fs, rs, output=str(tmp_path / "out_s"), methods=("mu2",), budgets=(0.6,))
     run_pipeline(spark, cfg)
@@ -206,7 +207,7 @@ def test_float32_parquet_and_ml_vectors_give_the_same_sets(spark, tmp_path):
     # Same rows as Spark ML vectors (every other one sparse) in Parquet folders.
     def vec_table(x, ids, path):
         rows = [(int(i), Vectors.sparse(len(v), {j: float(v[j]) for j in range(len(v))}) if i % 2
-                 else Vectors.dense([float(a) for a in v])) for i, v in zip(ids, x)]
+                 else Vectors.dense([float(a) for a in v])) for i, v in zip(ids, x, strict=True)]
         spark.createDataFrame(rows, ["id", "features"]).write.mode("overwrite").parquet(str(path))
         return str(path)
     fv = vec_table(xf, range(len(xf)), tmp_path / "fv")

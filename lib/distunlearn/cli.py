@@ -14,10 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distunlearn import __version__
 from distunlearn.config import JobConfig, add_arguments, from_args
 from distunlearn.errors import DistUnlearnError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("distunlearn")
 
@@ -69,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_demo(spark: object, cfg: JobConfig, args: argparse.Namespace) -> int:
+def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> int:
     from distunlearn.demo import write_demo_tables
     from distunlearn.pipeline import run_pipeline
 

@@ -9,7 +9,7 @@ id, never on partitioning or batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,14 +27,17 @@ SCORE = "score"
 _MANTISSA = (1 << 53) - 1
 
 
-def _scorer(broadcast: object, methods: tuple[str, ...]) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+ArrowUdf = Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+
+
+def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
     """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method).
 
     Rows with invalid features are left out (they only reach this point under
     ``on_invalid: drop``; otherwise the statistics pass has already failed the run).
     """
 
-    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def score_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model: ScoringModel = broadcast.value  # type: ignore[attr-defined]  # once per partition
         with threadpool_limits(limits=1, user_api="blas"):
             for rb in batches:

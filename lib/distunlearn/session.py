@@ -97,8 +97,8 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
 
     # py4j answers a JavaClass for a loadable class and a JavaPackage placeholder otherwise;
     # it looks through Spark's class loader, which holds the --packages/--jars classes.
-    jvm = spark.sparkContext._jvm  # noqa: SLF001 - py4j is the only way to ask the JVM
-    if not isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
+    jvm = spark.sparkContext._jvm  # py4j is the only way to ask the JVM
+    if jvm is None or not isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
         raise EnvironmentSetupError(
             "Delta Lake classes are not on the classpath: launch with "
             f"spark-submit --packages {DELTA_PACKAGE} (or --jars with local Delta jars)"

@@ -128,9 +128,9 @@ class GaussianStats:
         ).astype(np.float64)
 
     @classmethod
-    def from_flat(cls, flat: NDArray[np.floating], dim: int) -> GaussianStats:
+    def from_flat(cls, values: NDArray[np.floating], dim: int) -> GaussianStats:
         """Inverse of :meth:`to_flat`."""
-        flat = np.asarray(flat, dtype=np.float64)
+        flat: Array = np.asarray(values, dtype=np.float64)
         expected = 2 + 2 * dim + dim * dim
         if flat.shape != (expected,):
             raise ValueError(f"flat statistics of dim {dim} need {expected} values, got {flat.shape}")

@@ -1,0 +1,5 @@
+"""``python -m distunlearn`` is the ``distunlearn`` console command."""
+
+from distunlearn.cli import console
+
+console()

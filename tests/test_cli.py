@@ -1,0 +1,105 @@
+"""The command line as a user runs it: separate processes, exit codes, one-line errors, the
+demo end to end, and the spark-submit entry point giving the same removal sets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import read_delta
+from distunlearn.config import JobConfig
+from distunlearn.session import DELTA_PACKAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "distunlearn"]
+
+
+def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_help_lists_every_option_of_every_subcommand():
+    top = run([*CLI, "--help"])
+    assert top.returncode == 0
+    for sub in ("run", "stats", "score", "demo"):
+        assert sub in top.stdout
+        out = run([*CLI, sub, "--help"]).stdout
+        for f in dataclasses.fields(JobConfig):
+            assert "--" + f.name.replace("_", "-") in out, (sub, f.name)
+
+
+def test_missing_required_option_is_one_line_and_exit_2(tmp_path):
+    res = run([*CLI, "run", "--forget", "x", "--retain", "y", "--output", str(tmp_path / "o")])
+    assert res.returncode == 2
+    expected = "distunlearn: error: missing required option --run-id (or 'run_id:' in the config file)"
+    assert res.stderr.strip() == expected
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_config_file_key_is_reported(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("forget: a\nfeatures_col: emb\n")
+    res = run([*CLI, "run", "--config", str(conf)])
+    assert res.returncode == 2 and "unknown option 'features_col'" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "output"
+    res = run([*CLI, "demo", "--output", str(out), "--forget-rows", "400", "--retain-rows", "800",
+               "--dim", "4", "--budgets", "0.1,0.5", "--shuffle-partitions", "3",
+               "--spark-conf", "spark.ui.enabled=false"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_demo_runs_both_pairs_and_writes_the_tables(demo):
+    out, res = demo
+    assert "low separability" in res.stdout and "high separability" in res.stdout
+    runs = read_delta(out / "runs")
+    assert sorted(runs.run_id) == ["demo-high", "demo-low"] and set(runs.status) == {"succeeded"}
+    sets = read_delta(out / "removal_sets")
+    per_run = sets.groupby(["run_id", "method", "budget"]).size()
+    assert set(per_run[per_run.index.get_level_values("budget") == 0.1]) == {40}
+    assert set(per_run[per_run.index.get_level_values("budget") == 0.5]) == {200}
+    assert len(sets) == 2 * 4 * (40 + 200)
+    assert len(read_delta(out / "statistics")) == 4
+
+
+def test_bad_input_from_the_command_line_exits_2_with_one_line(demo, tmp_path):
+    out, _ = demo
+    res = run([*CLI, "run", "--forget", str(out / "data/low/forget"), "--retain", str(out / "data/low/retain"),
+               "--feature-col", "embedding", "--output", str(tmp_path / "o"), "--run-id", "x",
+               "--spark-conf", "spark.ui.enabled=false"])
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distunlearn: error: forget table has no column 'embedding'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_spark_submit_entry_point_matches_the_console_run(demo, tmp_path):
+    out, _ = demo
+    submit = shutil.which("spark-submit", path=str(Path(sys.executable).parent)) or shutil.which("spark-submit")
+    assert submit, "spark-submit not found next to the interpreter"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    ivy = str(Path(JobConfig().ivy_dir).expanduser())
+    res = subprocess.run(
+        [submit, "--master", "local[2]", "--packages", DELTA_PACKAGE, "--conf", f"spark.jars.ivy={ivy}",
+         "--conf", "spark.ui.enabled=false", "jobs/run.py", "--config", "conf/local.yaml",
+         "--forget", str(out / "data/low/forget"), "--retain", str(out / "data/low/retain"),
+         "--output", str(tmp_path / "o"), "--run-id", "demo-low", "--budgets", "0.1,0.5",
+         "--shuffle-partitions", "2"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cols = ["method", "budget", "rank", "id", "score"]
+    got = read_delta(tmp_path / "o/removal_sets").sort_values(cols[:3]).reset_index(drop=True)[cols]
+    want = read_delta(out / "removal_sets")
+    want = want[want.run_id == "demo-low"].sort_values(cols[:3]).reset_index(drop=True)[cols]
+    assert got[["method", "budget", "rank", "id"]].equals(want[["method", "budget", "rank", "id"]])
+    assert (got.score - want.score).abs().max() < 1e-9
