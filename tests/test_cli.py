@@ -103,3 +103,38 @@ def test_spark_submit_entry_point_matches_the_console_run(demo, tmp_path):
     want = want[want.run_id == "demo-low"].sort_values(cols[:3]).reset_index(drop=True)[cols]
     assert got[["method", "budget", "rank", "id"]].equals(want[["method", "budget", "rank", "id"]])
     assert (got.score - want.score).abs().max() < 1e-9
+
+
+OFFLINE = "-Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=9 -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=9"
+
+
+def test_unreachable_maven_central_is_one_clear_line(tmp_path):
+    """An empty Ivy cache and every download sent to a closed port: exit 2, one line that
+    names the Delta coordinate and the way out."""
+    env = {**os.environ, "JAVA_TOOL_OPTIONS": OFFLINE}
+    res = subprocess.run([*CLI, "run", "--forget", "a/b", "--retain", "c/d", "--output", str(tmp_path / "o"),
+                          "--run-id", "x", "--ivy-dir", str(tmp_path / "ivy")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env, check=False)
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distunlearn: error: could not start Spark with Delta Lake")
+    assert DELTA_PACKAGE in last and "--delta-jars" in last
+    assert not (tmp_path / "o").exists()
+
+
+def test_local_delta_jars_run_offline(demo, tmp_path):
+    """--delta-jars with the two cached jars: the run needs no network at all."""
+    out, _ = demo
+    jars = Path(JobConfig().ivy_dir).expanduser() / "jars"
+    local = ",".join(str(jars / name) for name in ("io.delta_delta-spark_2.13-4.0.1.jar",
+                                                   "io.delta_delta-storage-4.0.1.jar"))
+    env = {**os.environ, "JAVA_TOOL_OPTIONS": OFFLINE}
+    res = subprocess.run([*CLI, "run", "--forget", str(out / "data/high/forget"), "--retain",
+                          str(out / "data/high/retain"), "--output", str(tmp_path / "o"), "--run-id", "demo-high",
+                          "--budgets", "0.1", "--delta-jars", local, "--spark-conf", "spark.ui.enabled=false"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = read_delta(tmp_path / "o/removal_sets")
+    want = read_delta(out / "removal_sets")
+    want = want[(want.run_id == "demo-high") & (want.budget == 0.1)]
+    assert sorted(zip(got.method, got.id, strict=True)) == sorted(zip(want.method, want.id, strict=True))
