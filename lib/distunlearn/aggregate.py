@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +38,7 @@ class DomainStats:
     counts: InputCounts
 
 
-def _partition_stats(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _partition_stats(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: all batches of one partition -> one row of counts and statistics."""
     counts = InputCounts()
     acc: GaussianStats | None = None
@@ -46,18 +46,21 @@ def _partition_stats(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBat
         for rb in batches:
             batch = list_to_matrix(rb.column(0))
             counts = counts.merge(batch.counts)
-            if batch.x.shape[0]:
+            # Batches of different lengths (ragged within the partition) cannot be merged;
+            # the counts carry min_len != max_len and counts.check reports them.
+            if batch.x.shape[0] and counts.min_len == counts.max_len:
                 part = GaussianStats.from_array(batch.x)
                 acc = part if acc is None else acc.merge(part)
-    payload = b"" if acc is None else acc.to_flat().tobytes()
+    ragged = counts.min_len != counts.max_len
+    payload = b"" if acc is None or ragged else acc.to_flat().tobytes()
     values = [getattr(counts, name) for name in _COUNT_FIELDS]
     arrays = [pa.array([v], pa.int64()) for v in values] + [pa.array([payload], pa.binary())]
     yield pa.RecordBatch.from_arrays(arrays, names=[*_COUNT_FIELDS, "stats"])
 
 
-def _decode(row: tuple[int, ...]) -> tuple[InputCounts, GaussianStats | None]:
-    counts = InputCounts(*row[:6])
-    payload = row[6]
+def _decode(row: tuple[int | bytes, ...]) -> tuple[InputCounts, GaussianStats | None]:
+    counts = InputCounts(*(int(v) for v in row[:6]))  # type: ignore[arg-type]
+    payload = bytes(row[6])  # type: ignore[arg-type]
     if not payload:
         return counts, None
     flat = np.frombuffer(payload, dtype=np.float64)

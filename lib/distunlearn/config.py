@@ -108,10 +108,10 @@ class JobConfig:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
-            if choices:
-                for v in values:
-                    if v not in choices:
-                        raise ConfigError(f"unknown {f.name} value {v!r}; choose from {', '.join(choices)}")
+            label = f.name[:-1] if isinstance(value, tuple) else f.name  # "methods" -> "method"
+            for v in values if choices else ():
+                if v not in choices:
+                    raise ConfigError(f"unknown {label} {v!r}; choose from {', '.join(choices)}")
         return self
 
 

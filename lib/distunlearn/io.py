@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 from pyspark.sql.utils import AnalysisException
 
 from distunlearn.errors import InputError
@@ -70,13 +71,13 @@ def exists(spark: SparkSession, path: str) -> bool:
     return bool(DeltaTable.isDeltaTable(spark, path))
 
 
-def check_schema(spark: SparkSession, df: DataFrame, path: str) -> None:
+def check_schema(spark: SparkSession, schema: StructType, path: str) -> None:
     """Fail before writing when an existing output table stores a column with another type
     (typically the id: long in earlier runs, string now)."""
     if not exists(spark, path):
         return
     current = {f.name: f.dataType for f in spark.read.format("delta").load(path).schema.fields}
-    for f in df.schema.fields:
+    for f in schema.fields:
         if f.name in current and current[f.name] != f.dataType:
             raise InputError(f"output table {path!r} stores column {f.name!r} as "
                              f"{current[f.name].simpleString()}, this run has {f.dataType.simpleString()}; "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from distunlearn import io
 from distunlearn.aggregate import DomainStats, compute_stats
@@ -165,9 +166,25 @@ def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, re
     return Plan(methods, budgets, model)
 
 
+def removal_sets_schema(id_type: T.DataType) -> T.StructType:
+    """Schema of the removal_sets table for a forget table whose id has ``id_type``."""
+    return T.StructType([
+        T.StructField("run_id", T.StringType(), False), T.StructField("method", T.StringType(), False),
+        T.StructField("budget", T.DoubleType()), T.StructField("budget_count", T.LongType()),
+        T.StructField("k", T.LongType()), T.StructField("rank", T.LongType()),
+        T.StructField("id", id_type), T.StructField("score", T.DoubleType()),
+    ])
+
+
+def check_outputs(spark: SparkSession, cfg: JobConfig, forget: DataFrame) -> None:
+    """Before the first write: the existing removal_sets table must accept this run's id type."""
+    schema = removal_sets_schema(forget.schema["id"].dataType)
+    io.check_schema(spark, schema, io.table_path(cfg.output, io.REMOVAL_SETS))
+
+
 def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan: Plan, n_forget: int,
                     report: RunReport) -> None:
-    """Score, select and write the run's removal_sets rows."""
+    """Score, select and write the run's removal_sets rows (after :func:`check_outputs`)."""
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     with _Stage(report.timings, "score_select"):
         scores = score_forget(forget, plan.model, plan.methods, cfg.seed)
@@ -175,7 +192,6 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
     try:
         out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
             "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score")
-        io.check_schema(spark, out, path)
         with _Stage(report.timings, "write_removal_sets"):
             io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
     finally:
@@ -196,12 +212,14 @@ def write_run_row(spark: SparkSession, cfg: JobConfig, report: RunReport, starte
 
 def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
     """Compute and persist the statistics of both tables (the ``stats`` subcommand)."""
+    cfg.check()
     report = RunReport(cfg.run_id)
     with _Stage(report.timings, "read_check"):
         forget, retain = read_inputs(spark, cfg)
     with _Stage(report.timings, "statistics"):
         f, r = compute_statistics(forget, retain, cfg)
     report.n_forget, report.n_retain, report.dim = f.stats.n, r.stats.n, f.stats.dim
+    check_outputs(spark, cfg, forget)  # a later score of this run must be able to write
     with _Stage(report.timings, "write_statistics"):
         write_statistics(spark, cfg, f, r)
     return report
@@ -209,6 +227,7 @@ def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
 
 def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
     """Score and select with stored statistics (the ``score`` subcommand)."""
+    cfg.check()
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport(cfg.run_id)
     f_stats, r_stats = load_statistics(spark, cfg, cfg.stats_run_id or cfg.run_id)
@@ -216,6 +235,7 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
     with _Stage(report.timings, "read_check"):
         forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
         check_ids(forget, cfg.id_col, "forget")
+    check_outputs(spark, cfg, forget)
     score_and_write(spark, cfg, forget, plan, f_stats.n, report)
     write_run_row(spark, cfg, report, started, "succeeded")
     return report
@@ -223,13 +243,15 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
 
 def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     """The whole job (the ``run`` subcommand): statistics, scoring, selection, outputs."""
+    cfg.check()
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport(cfg.run_id)
     with _Stage(report.timings, "read_check"):
         forget, retain = read_inputs(spark, cfg)
     with _Stage(report.timings, "statistics"):
         f, r = compute_statistics(forget, retain, cfg)
-    plan = make_plan(cfg, f.stats, r.stats, report)  # last check before the first write
+    plan = make_plan(cfg, f.stats, r.stats, report)
+    check_outputs(spark, cfg, forget)  # last check before the first write
     with _Stage(report.timings, "write_statistics"):
         write_statistics(spark, cfg, f, r)
     score_and_write(spark, cfg, forget, plan, f.stats.n, report)

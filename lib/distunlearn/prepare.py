@@ -3,7 +3,7 @@
 Each input table must have an id column (long, int or string; unique and non-null in the
 forget table) and a feature column: ``array<float>``, ``array<double>``, an integer array
 (cast to double) or a Spark ML vector (converted with ``vector_to_array``).  The result has
-exactly two columns, ``id`` and ``features``.
+exactly two columns, ``id`` (long or string) and ``features``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str) -> Data
     if not isinstance(id_field.dataType, _ID_TYPES):
         raise InputError(f"id column {id_col!r} of the {domain} table must be long, int or string, "
                          f"got {id_field.dataType.simpleString()}")
+    # int and short ids become long, so every run of an output folder stores one id type
+    # (long or string) whatever integer width the source table uses.
+    ident = F.col(id_col) if isinstance(id_field.dataType, T.StringType) else F.col(id_col).cast(T.LongType())
     dtype = feat_field.dataType
     feature = F.col(feature_col)
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _FLOAT_ELEMENTS):
@@ -52,7 +55,7 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str) -> Data
     else:
         raise InputError(f"feature column {feature_col!r} of the {domain} table must be "
                          f"array<float|double> or a Spark ML vector, got {dtype.simpleString()}")
-    return df.select(F.col(id_col).alias(ID), feature.alias(FEATURES))
+    return df.select(ident.alias(ID), feature.alias(FEATURES))
 
 
 def check_ids(df: DataFrame, id_col: str, domain: str) -> None:
