@@ -215,3 +215,27 @@ def test_float32_parquet_and_ml_vectors_give_the_same_sets(spark, tmp_path):
     cfg2 = make_config(tmp_path, fv, rv, output=str(tmp_path / "out_v"), methods=("maha_mu2",), budgets=(0.5,))
     run_pipeline(spark, cfg2)
     assert read_delta(f"{cfg2.output}/removal_sets").sort_values("rank")["id"].tolist() == expected
+
+
+@pytest.mark.parametrize("budgets", [(0.1, 0.5), (0.1, 1.0)])
+def test_numpy_kernel_scores_each_forget_row_once(spark, gaussian, tmp_path, monkeypatch, budgets):
+    """Pruning, range sampling and sorting are separate Spark jobs; the scores are persisted
+    so the kernel still runs once per row (counted with an accumulator in the workers)."""
+    from distunlearn import score
+
+    root, f, r, xf, _ = gaussian
+    rows = spark.sparkContext.accumulator(0)
+    original = score._scorer
+
+    def counting(broadcast, methods):  # nested: shipped to the workers by value
+        inner = original(broadcast, methods)
+
+        def count(batches):
+            for rb in inner(batches):
+                rows.add(rb.num_rows)
+                yield rb
+        return count
+
+    monkeypatch.setattr(score, "_scorer", counting)
+    run_pipeline(spark, make_config(tmp_path, f, r, budgets=budgets))
+    assert rows.value == len(xf)

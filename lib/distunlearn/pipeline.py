@@ -187,7 +187,7 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
     """Score, select and write the run's removal_sets rows (after :func:`check_outputs`)."""
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     with _Stage(report.timings, "score_select"):
-        scores = score_forget(forget, plan.model, plan.methods, cfg.seed)
+        scores, wide = score_forget(forget, plan.model, plan.methods, cfg.seed)
         selection = select_removal_sets(scores, plan.methods, plan.budgets, n_forget, cfg.shuffle_partitions)
     try:
         out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
@@ -196,6 +196,7 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
             io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
     finally:
         selection.release()
+        wide.unpersist()
     report.summary = _summary(selection.thresholds, plan.methods, plan.budgets)
 
 

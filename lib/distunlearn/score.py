@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -59,8 +60,15 @@ def random_score(seed: int) -> F.Column:
     return (F.xxhash64(F.lit(seed), F.col(ID)).bitwiseAND(F.lit(_MANTISSA)) / float(1 << 53)).cast("double")
 
 
-def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...], seed: int) -> DataFrame:
-    """Long-format scores DataFrame[id, method, score], one row per (forget row, method)."""
+def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...],
+                 seed: int) -> tuple[DataFrame, DataFrame]:
+    """Long-format scores DataFrame[id, method, score], one row per (forget row, method), and
+    the persisted wide frame (id, one column per method) it is a view of.
+
+    The wide frame is persisted so that the selection's several jobs (quantiles, range
+    sampling, the sort) read the scores instead of scoring the forget table again: the
+    numpy kernel runs once per row.  The caller unpersists it when the output is written.
+    """
     spark = forget.sparkSession
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
     id_type = forget.schema[ID].dataType
@@ -70,4 +78,5 @@ def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     wide = forget.select(ID, FEATURES).mapInArrow(_scorer(bc, kernel), schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
-    return wide.unpivot([ID], list(methods), METHOD, SCORE)
+    wide = wide.persist(StorageLevel.MEMORY_AND_DISK)
+    return wide.unpivot([ID], list(methods), METHOD, SCORE), wide
