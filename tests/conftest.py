@@ -19,12 +19,13 @@ SHUFFLE_PARTITIONS = 4
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     from distunlearn.session import get_session
 
-    cfg = JobConfig(shuffle_partitions=SHUFFLE_PARTITIONS, arrow_batch_size=ARROW_BATCH,
-                    driver_memory="2g", spark_conf={"spark.ui.enabled": "false",
-                                                    "spark.default.parallelism": "4"})
+    warehouse = str(tmp_path_factory.mktemp("warehouse"))
+    cfg = JobConfig(shuffle_partitions=SHUFFLE_PARTITIONS, arrow_batch_size=ARROW_BATCH, driver_memory="2g",
+                    spark_conf={"spark.ui.enabled": "false", "spark.default.parallelism": "4",
+                                "spark.sql.warehouse.dir": warehouse})
     session = get_session(cfg, launch=True)
     yield session
     session.stop()

@@ -92,7 +92,17 @@ def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, 
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
-    log.info("wrote %s for run %s in %.1f s", path, run_id, time.monotonic() - start)
+    log.info("wrote %s rows to %s for run %s in %.1f s", _rows_written(df.sparkSession, path), path, run_id,
+             time.monotonic() - start)
+
+
+def _rows_written(spark: SparkSession, path: str) -> str:
+    """numOutputRows of the table's last commit (Delta records it; no data is read)."""
+    from delta.tables import DeltaTable
+
+    last = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
+    metrics = (last[0] or {}) if last else {}
+    return str(metrics.get("numOutputRows", "?"))
 
 
 def read_run(spark: SparkSession, path: str, run_id: str) -> DataFrame:
