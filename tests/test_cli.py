@@ -61,7 +61,7 @@ def demo(tmp_path_factory):
 
 def test_demo_runs_both_pairs_and_writes_the_tables(demo):
     out, res = demo
-    assert "low separability" in res.stdout and "high separability" in res.stdout
+    assert "low separability" in res.stdout and "alpha = KL(p1||p)" in res.stdout and "high separability" in res.stdout
     runs = read_delta(out / "runs")
     assert sorted(runs.run_id) == ["demo-high", "demo-low"] and set(runs.status) == {"succeeded"}
     sets = read_delta(out / "removal_sets")

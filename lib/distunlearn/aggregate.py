@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from threadpoolctl import threadpool_limits
 
-from distunlearn.batches import InputCounts, list_to_matrix
+from distunlearn.batches import ArrowUdf, InputCounts, list_to_matrix
 from distunlearn.errors import InputError
-from distunlearn.prepare import FEATURES
+from distunlearn.prepare import FEATURES, ID
 from distunlearn.stats import GaussianStats
 
 log = logging.getLogger(__name__)
@@ -98,3 +99,70 @@ def compute_stats(df: DataFrame, domain: str, feature_col: str, on_invalid: str)
     log.info("statistics of %s: %d rows x %d dims in %.1f s", domain, stats.n, stats.dim,
              time.monotonic() - start)
     return DomainStats(stats, counts)
+
+
+def _bucket_of(scores: np.ndarray, ids: pa.Array, bounds: list[tuple[float, object]]) -> np.ndarray:
+    """Index of the smallest removal set holding each row (len(bounds) for none).
+
+    ``bounds`` are the (score, id) of the last row of each set, sets sorted by size.  A row is
+    in a set iff score > s or (score == s and id <= id_s): the selection order (score
+    descending, id ascending).  The sets are nested, so the index is the number of sets the
+    row is *not* in.
+    """
+    outside = np.zeros(len(scores), dtype=np.int64)
+    for s, last_id in bounds:
+        inside = scores > s
+        tie = scores == s
+        if tie.any():
+            le = pc.less_equal(ids, pa.scalar(last_id, type=ids.type)).to_numpy(zero_copy_only=False)
+            inside |= tie & le
+        outside += ~inside
+    return outside
+
+
+def _bucket_aggregator(methods: tuple[str, ...], bounds: dict[str, list[tuple[float, object]]]) -> ArrowUdf:
+    def partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        acc: dict[tuple[str, int], GaussianStats] = {}
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rb in batches:
+                x = list_to_matrix(rb.column(FEATURES)).x  # rows here are valid by construction
+                ids = rb.column(ID)
+                for m in methods:
+                    bucket = _bucket_of(rb.column(m).to_numpy(), ids, bounds[m])
+                    for b in np.unique(bucket):
+                        part = GaussianStats.from_array(x[bucket == b])
+                        key = (m, int(b))
+                        acc[key] = acc[key].merge(part) if key in acc else part
+        keys = sorted(acc)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([k[0] for k in keys], pa.string()), pa.array([k[1] for k in keys], pa.int64()),
+             pa.array([acc[k].to_flat().tobytes() for k in keys], pa.binary())],
+            names=["method", "bucket", "stats"])
+
+    return partition
+
+
+def removal_bucket_stats(wide: DataFrame, methods: tuple[str, ...], bounds: dict[str, list[tuple[float, object]]],
+                         dim: int) -> dict[str, list[GaussianStats]]:
+    """Per method, statistics of the forget rows grouped by the smallest removal set that holds
+    them (``len(bounds[m]) + 1`` entries, the last for rows in no set), from the persisted
+    scores frame (id, features, one column per method): no pass over the forget table."""
+    start = time.monotonic()
+    parts = wide.mapInArrow(_bucket_aggregator(methods, bounds), "method string, bucket long, stats binary")
+
+    def decode(row: tuple[str, int, bytes]) -> dict[tuple[str, int], GaussianStats]:
+        return {(row[0], int(row[1])): GaussianStats.from_flat(np.frombuffer(bytes(row[2]), np.float64), dim)}
+
+    def combine(a: dict[tuple[str, int], GaussianStats],
+                b: dict[tuple[str, int], GaussianStats]) -> dict[tuple[str, int], GaussianStats]:
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = out[key].merge(value) if key in out else value
+        return out
+
+    zero: dict[tuple[str, int], GaussianStats] = {}
+    merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, combine, combine, depth=2)
+    result = {m: [merged.get((m, j), GaussianStats.empty(dim)) for j in range(len(bounds[m]) + 1)]
+              for m in methods}
+    log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
+    return result

@@ -14,6 +14,7 @@ Validity of a row, checked here and counted in :class:`InputCounts`:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,9 @@ from numpy.typing import NDArray
 from distunlearn.errors import InputError
 
 _NO_LEN = -1
+
+#: The function type Spark's ``mapInArrow`` takes: a partition's batches in, batches out.
+ArrowUdf = Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> 
         run_cfg = dataclasses.replace(cfg, forget=d.forget, retain=d.retain, id_col="id",
                                       feature_col="features", run_id=f"demo-{d.name}")
         report = run_pipeline(spark, run_cfg.check())
-        print(f"\n== {d.name} separability (kappa = KL(p1||p2) = {d.kappa:.3f})")
+        print(f"\n== {d.name} separability (population kappa = KL(p1||p2) = {d.kappa:.3f})")
         print(report.table())
     print(f"\nDelta tables under {Path(cfg.output).resolve()}: removal_sets, statistics, runs")
     return 0

@@ -73,6 +73,11 @@ class JobConfig:
                          "'drop' them and report the count", choices=INVALID_POLICIES)
     check_retain_ids: bool = _f(True, "also check the retain ids for nulls and duplicates (one "
                                 "shuffle of the retain ids; forget ids are always checked)")
+    tolerated_eps: float = _f(0.1, "diagnostics: tolerated preservation cost KL(p2 || p) in nats; "
+                              "the calibration reports the largest removal reachable within it")
+    target_alpha: float = _f(0.0, "diagnostics: removal KL(p1 || p) to reach; the calibration reports "
+                             "each method's smallest budget reaching it (0: halfway between no removal "
+                             "and full removal)")
     stats_run_id: str = _f("", "score with the statistics stored under this run id instead of "
                                "computing them (score subcommand; empty: this run's own)")
     # --- Spark
@@ -102,10 +107,11 @@ class JobConfig:
         for name in ("shuffle_partitions", "arrow_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.ridge < 0:
-            raise ConfigError(f"ridge must be >= 0, got {self.ridge}")
+        for name in ("ridge", "tolerated_eps", "target_alpha"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
+            choices: tuple[str, ...] = f.metadata.get("choices", ())
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
             label = f.name[:-1] if isinstance(value, tuple) else f.name  # "methods" -> "method"

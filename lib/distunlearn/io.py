@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 REMOVAL_SETS = "removal_sets"
 STATISTICS = "statistics"
 RUNS = "runs"
+DIAGNOSTICS = "diagnostics"
+CALIBRATION = "calibration"
 
 
 def _is_path(source: str) -> bool:

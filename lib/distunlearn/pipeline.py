@@ -19,10 +19,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from distunlearn import io
-from distunlearn.aggregate import DomainStats, compute_stats
+from distunlearn.aggregate import DomainStats, compute_stats, removal_bucket_stats
 from distunlearn.batches import check_dims
 from distunlearn.budgets import Budget, resolve_budgets
 from distunlearn.config import JobConfig
+from distunlearn.diagnostics import Diagnostics, diagnose
 from distunlearn.errors import InputError
 from distunlearn.prepare import check_ids, normalize
 from distunlearn.score import score_forget
@@ -36,6 +37,14 @@ _STATS_SCHEMA = (
     "run_id string, domain string, n long, dim int, mean array<double>, m2 array<double>, "
     "t3 array<double>, q4 double, rows long, dropped_nonfinite long, source string, "
     "created_at timestamp"
+)
+_DIAGNOSTICS_SCHEMA = (
+    "run_id string, method string, budget double, budget_count long, k long, kappa double, alpha double, "
+    "eps double, frontier_eps double, frontier_gap double, unlearned double"
+)
+_CALIBRATION_SCHEMA = (
+    "run_id string, method string, kappa double, tolerated_eps double, alpha_max double, target_alpha double, "
+    "budget_for_target double"
 )
 _RUNS_SCHEMA = (
     "run_id string, status string, started_at timestamp, finished_at timestamp, config string, "
@@ -59,6 +68,7 @@ class RunReport:
     shrinkage: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     summary: list[dict[str, object]] = field(default_factory=list)
+    diagnostics: Diagnostics | None = None
 
     def table(self) -> str:
         """The summary as aligned text: one line per budget, k, then the score threshold (the
@@ -75,8 +85,31 @@ class RunReport:
             label = f"k={count}" if count is not None else f"{budget:g}"
             values = " ".join(f"{'-' if cells[m] is None else format(cells[m], '.5g'):>12}" for m in methods)
             lines.append(f"{label:>8} {cells['k']:>10} {values}")
+        if self.diagnostics is not None:
+            lines.extend(self._diagnostics_lines(methods, list(rows.values())))
         lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
         return "\n".join(lines)
+
+    def _diagnostics_lines(self, methods: list[str], rows: list[dict[str, object]]) -> list[str]:
+        d = self.diagnostics
+        assert d is not None
+        lines = [f"removal alpha = KL(p1||p) / preservation eps = KL(p2||p), nats (kappa = KL(p1||p2) = "
+                 f"{d.kappa:.4g}; no removal: alpha {d.baseline.alpha:.4g}, eps {d.baseline.eps:.4g}):",
+                 f"{'budget':>8} {'k':>10} " + " ".join(f"{m:>17}" for m in methods)]
+        seen = set()
+        for r in self.summary:
+            key = (r["budget"], r["budget_count"])
+            if key in seen:
+                continue
+            seen.add(key)
+            label = f"k={r['budget_count']}" if r["budget_count"] is not None else f"{r['budget']:g}"
+            cells = " ".join(f"{d.points[(m, r['k'])].alpha:>8.4f}/{d.points[(m, r['k'])].eps:<8.4f}"
+                             for m in methods)
+            lines.append(f"{label:>8} {r['k']:>10} {cells}")
+        reach = ", ".join(f"{m} {'-' if b is None else format(b, 'g')}" for m, b in d.budget_for_target.items())
+        lines.append(f"calibration: tolerating eps = {d.tolerated_eps:g} nats, the frontier reaches alpha = "
+                     f"{d.alpha_max:.4g}; smallest budget reaching alpha >= {d.target_alpha:.4g}: {reach}")
+        return lines
 
 
 class _Stage:
@@ -136,12 +169,6 @@ def load_statistics(spark: SparkSession, cfg: JobConfig, run_id: str) -> tuple[G
     return tuple(GaussianStats.from_dict(rows[d].asDict()) for d in ("forget", "retain"))  # type: ignore[return-value]
 
 
-def _summary(selection_thresholds: dict[tuple[str, int], float | None], methods: tuple[str, ...],
-             budgets: list[Budget]) -> list[dict[str, object]]:
-    return [{"method": m, "budget": b.budget, "budget_count": b.count, "k": b.k,
-             "threshold": selection_thresholds.get((m, b.k))} for m in methods for b in budgets]
-
-
 @dataclass(frozen=True)
 class Plan:
     """Everything scoring needs, checked: methods, budgets with their k, the model."""
@@ -182,22 +209,50 @@ def check_outputs(spark: SparkSession, cfg: JobConfig, forget: DataFrame) -> Non
     io.check_schema(spark, schema, io.table_path(cfg.output, io.REMOVAL_SETS))
 
 
-def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan: Plan, n_forget: int,
-                    report: RunReport) -> None:
-    """Score, select and write the run's removal_sets rows (after :func:`check_outputs`)."""
+def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan: Plan, f_stats: GaussianStats,
+                    r_stats: GaussianStats, report: RunReport) -> None:
+    """Score, select and write the run's removal_sets rows (after :func:`check_outputs`), then
+    the diagnostics of every removal set, computed from the persisted scores."""
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     with _Stage(report.timings, "score_select"):
         scores, wide = score_forget(forget, plan.model, plan.methods, cfg.seed)
-        selection = select_removal_sets(scores, plan.methods, plan.budgets, n_forget, cfg.shuffle_partitions)
+        selection = select_removal_sets(scores, plan.budgets, f_stats.n, cfg.shuffle_partitions)
     try:
         out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
             "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score")
         with _Stage(report.timings, "write_removal_sets"):
             io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
+        with _Stage(report.timings, "diagnostics"):
+            ks = sorted({b.k for b in plan.budgets if b.k > 0})
+            bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
+            buckets = removal_bucket_stats(wide, plan.methods, bounds, f_stats.dim)
+            report.diagnostics = diagnose(f_stats, r_stats, buckets, ks, [(b.budget, b.k) for b in plan.budgets],
+                                          cfg.tolerated_eps, cfg.target_alpha)
+            write_diagnostics(spark, cfg, plan, report.diagnostics)
     finally:
         selection.release()
         wide.unpersist()
-    report.summary = _summary(selection.thresholds, plan.methods, plan.budgets)
+    report.summary = [{"method": m, "budget": b.budget, "budget_count": b.count, "k": b.k,
+                       "threshold": selection.threshold(m, b.k)} for m in plan.methods for b in plan.budgets]
+
+
+def write_diagnostics(spark: SparkSession, cfg: JobConfig, plan: Plan, diag: Diagnostics) -> None:
+    """The diagnostics table (one row per method and budget, and a no-removal row with method
+    "none") and the calibration table (one row per method)."""
+    base = diag.baseline
+    rows: list[tuple[object, ...]] = [(cfg.run_id, "none", 0.0, None, 0, diag.kappa, base.alpha, base.eps,
+                                       base.frontier_eps, base.frontier_gap, 0.0)]
+    for m in plan.methods:
+        for b in plan.budgets:
+            p = diag.points[(m, b.k)]
+            rows.append((cfg.run_id, m, b.budget, b.count, b.k, diag.kappa, p.alpha, p.eps, p.frontier_eps,
+                         p.frontier_gap, p.unlearned))
+    io.replace_run(spark.createDataFrame(rows, _DIAGNOSTICS_SCHEMA), io.table_path(cfg.output, io.DIAGNOSTICS),
+                   cfg.run_id)
+    calibration = [(cfg.run_id, m, diag.kappa, diag.tolerated_eps, diag.alpha_max, diag.target_alpha,
+                    diag.budget_for_target[m]) for m in plan.methods]
+    io.replace_run(spark.createDataFrame(calibration, _CALIBRATION_SCHEMA),
+                   io.table_path(cfg.output, io.CALIBRATION), cfg.run_id)
 
 
 def write_run_row(spark: SparkSession, cfg: JobConfig, report: RunReport, started: dt.datetime,
@@ -237,7 +292,7 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
         forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
         check_ids(forget, cfg.id_col, "forget")
     check_outputs(spark, cfg, forget)
-    score_and_write(spark, cfg, forget, plan, f_stats.n, report)
+    score_and_write(spark, cfg, forget, plan, f_stats, r_stats, report)
     write_run_row(spark, cfg, report, started, "succeeded")
     return report
 
@@ -255,6 +310,6 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     check_outputs(spark, cfg, forget)  # last check before the first write
     with _Stage(report.timings, "write_statistics"):
         write_statistics(spark, cfg, f, r)
-    score_and_write(spark, cfg, forget, plan, f.stats.n, report)
+    score_and_write(spark, cfg, forget, plan, f.stats, r.stats, report)
     write_run_row(spark, cfg, report, started, "succeeded")
     return report

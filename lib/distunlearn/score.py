@@ -9,7 +9,7 @@ id, never on partitioning or batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from threadpoolctl import threadpool_limits
 
-from distunlearn.batches import list_to_matrix
+from distunlearn.batches import ArrowUdf, list_to_matrix
 from distunlearn.prepare import FEATURES, ID
 from distunlearn.scoring import KERNEL_METHODS, ScoringModel
 
@@ -28,11 +28,10 @@ SCORE = "score"
 _MANTISSA = (1 << 53) - 1
 
 
-ArrowUdf = Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]
-
-
 def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
-    """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method).
+    """mapInArrow body for ``methods``: (id, features) batches -> (id, features, one column per
+    method).  The features are passed through so that the removal sets' statistics can be
+    aggregated from the persisted scores without reading the forget table again.
 
     Rows with invalid features are left out (they only reach this point under
     ``on_invalid: drop``; otherwise the statistics pass has already failed the run).
@@ -43,14 +42,15 @@ def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
         with threadpool_limits(limits=1, user_api="blas"):
             for rb in batches:
                 batch = list_to_matrix(rb.column(1))
-                ids = rb.column(0)
+                ids, features = rb.column(0), rb.column(1)
                 if batch.mask is not None:
-                    ids = ids.filter(pa.array(batch.mask))
+                    keep = pa.array(batch.mask)
+                    ids, features = ids.filter(keep), features.filter(keep)
                 if len(ids) == 0:
                     continue
                 scores = model.score(batch.x, methods)
                 cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
-                yield pa.RecordBatch.from_arrays([ids, *cols], names=[ID, *methods])
+                yield pa.RecordBatch.from_arrays([ids, features, *cols], names=[ID, FEATURES, *methods])
 
     return score_partition
 
@@ -63,7 +63,7 @@ def random_score(seed: int) -> F.Column:
 def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...],
                  seed: int) -> tuple[DataFrame, DataFrame]:
     """Long-format scores DataFrame[id, method, score], one row per (forget row, method), and
-    the persisted wide frame (id, one column per method) it is a view of.
+    the persisted wide frame (id, features, one column per method) it is a view of.
 
     The wide frame is persisted so that the selection's several jobs (quantiles, range
     sampling, the sort) read the scores instead of scoring the forget table again: the
@@ -72,7 +72,7 @@ def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     spark = forget.sparkSession
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
     id_type = forget.schema[ID].dataType
-    schema = T.StructType([T.StructField(ID, id_type, False)]
+    schema = T.StructType([T.StructField(ID, id_type, False), forget.schema[FEATURES]]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
     bc = spark.sparkContext.broadcast(model)
     wide = forget.select(ID, FEATURES).mapInArrow(_scorer(bc, kernel), schema)

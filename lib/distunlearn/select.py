@@ -44,11 +44,17 @@ _PRUNE_MARGIN = 0.01
 
 @dataclass(frozen=True)
 class Selection:
-    """The exploded removal sets and, per (method, budget), k and the k-th score."""
+    """The exploded removal sets and, per (method, k), the last row selected: its score (the
+    threshold) and id.  A row is in the set of size k iff (score, -id) >= that pair."""
 
     rows: DataFrame  # method, budget, budget_count, k, rank, id, score
-    thresholds: dict[tuple[str, int], float | None]  # (method, k) -> score at rank k
+    boundaries: dict[tuple[str, int], tuple[float, object]]  # (method, k > 0) -> (score, id) at rank k
     persisted: tuple[DataFrame, ...]  # call release() once the rows are written
+
+    def threshold(self, method: str, k: int) -> float | None:
+        """Score of the k-th row (None for k = 0)."""
+        found = self.boundaries.get((method, k))
+        return None if found is None else float(found[0])
 
     def release(self) -> None:
         for frame in self.persisted:
@@ -101,8 +107,7 @@ def rank_scores(scores: DataFrame, k_max: int, n: int, partitions: int) -> tuple
     return ranked, ordered
 
 
-def select_removal_sets(scores: DataFrame, methods: tuple[str, ...], budgets: list[Budget], n: int,
-                        partitions: int) -> Selection:
+def select_removal_sets(scores: DataFrame, budgets: list[Budget], n: int, partitions: int) -> Selection:
     """Exact top-k rows per method for every budget (see the module docstring)."""
     spark = scores.sparkSession
     k_max = max(b.k for b in budgets)
@@ -116,6 +121,5 @@ def select_removal_sets(scores: DataFrame, methods: tuple[str, ...], budgets: li
     rows = (ranked.join(F.broadcast(budget_df), F.col(RANK) <= F.col("k"))
             .select(METHOD, "budget", "budget_count", "k", RANK, ID, SCORE))
     ks = sorted({b.k for b in budgets if b.k > 0})
-    at_k = {(r[METHOD], r[RANK]): r[SCORE] for r in ranked.where(F.col(RANK).isin(ks)).collect()}
-    thresholds = {(m, b.k): at_k.get((m, b.k)) for m in methods for b in budgets}
-    return Selection(rows, thresholds, (ranked, ordered))
+    boundaries = {(r[METHOD], r[RANK]): (r[SCORE], r[ID]) for r in ranked.where(F.col(RANK).isin(ks)).collect()}
+    return Selection(rows, boundaries, (ranked, ordered))
