@@ -27,7 +27,7 @@ def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]
 def test_help_lists_every_option_of_every_subcommand():
     top = run([*CLI, "--help"])
     assert top.returncode == 0
-    for sub in ("run", "stats", "score", "demo"):
+    for sub in ("run", "stats", "score", "evaluate", "demo"):
         assert sub in top.stdout
         out = run([*CLI, sub, "--help"]).stdout
         for f in dataclasses.fields(JobConfig):
@@ -138,3 +138,15 @@ def test_local_delta_jars_run_offline(demo, tmp_path):
     want = read_delta(out / "removal_sets")
     want = want[(want.run_id == "demo-high") & (want.budget == 0.1)]
     assert sorted(zip(got.method, got.id, strict=True)) == sorted(zip(want.method, want.id, strict=True))
+
+
+def test_local_yaml_lists_every_option():
+    """conf/local.yaml is documented as the annotated list of every option and its default."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "conf/local.yaml").read_text())
+    assert set(data) == {f.name for f in dataclasses.fields(JobConfig)}
+    defaults = JobConfig()
+    for name in ("methods", "budgets", "covariance", "tolerated_eps", "holdout_fraction", "master"):
+        value = getattr(defaults, name)
+        assert (tuple(data[name]) if isinstance(value, tuple) else data[name]) == value, name

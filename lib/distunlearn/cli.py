@@ -1,4 +1,4 @@
-"""Command line: ``distunlearn {run,stats,score,demo}``.
+"""Command line: ``distunlearn {run,stats,score,evaluate,demo}``.
 
 The same ``main`` serves the console command (which launches its own Spark) and the
 ``spark-submit jobs/*.py`` entry points (``launch=False``: spark-submit's JVM, master and
@@ -38,6 +38,8 @@ subcommands:
   run    statistics + scoring + selection (the whole job)
   stats  compute and store the forget and retain statistics only
   score  score and select with statistics already stored (this run id, or --stats-run-id)
+  evaluate  train a classifier per method and budget on the edited data, measure it on
+         held-out rows (evaluation, evaluation_summary); --forget/--retain default to the run's
   demo   generate seeded Gaussian demo tables and run the job on them
 
 exit status: 0 success, 2 bad input or configuration (one-line message), 1 other failure.
@@ -54,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distunlearn", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distunlearn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,stats,score,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,stats,score,evaluate,demo}")
     helps = {
         "run": "statistics, scoring and selection; writes statistics, removal_sets and runs",
         "stats": "compute and store the forget and retain statistics",
         "score": "score and select using stored statistics",
+        "evaluate": "train a classifier per method and budget on the edited data and measure it on "
+                    "held-out rows; writes evaluation and evaluation_summary",
         "demo": "generate seeded Gaussian demo data (low and high separability) and run on it",
     }
     for name, text in helps.items():
@@ -101,16 +105,19 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
         _setup_logging(cfg.log_level)
         if args.command == "demo":
             cfg = dataclasses.replace(cfg, run_id=cfg.run_id or "demo").check(required=("output",))
+        elif args.command == "evaluate":  # the sources default to those the run recorded
+            cfg = cfg.check(required=("output", "run_id"))
         else:
             cfg = cfg.check()
-        from distunlearn import pipeline
+        from distunlearn import evaluate, pipeline
         from distunlearn.session import get_session
 
         start = time.monotonic()
         spark = get_session(cfg, launch=launch)
         try:
             commands: dict[str, Callable[..., object]] = {
-                "run": pipeline.run_pipeline, "stats": pipeline.run_stats, "score": pipeline.run_score}
+                "run": pipeline.run_pipeline, "stats": pipeline.run_stats, "score": pipeline.run_score,
+                "evaluate": evaluate.run_evaluation}
             if args.command == "demo":
                 return _run_demo(spark, cfg, args)
             report = commands[args.command](spark, cfg)

@@ -80,6 +80,16 @@ class JobConfig:
                              "and full removal)")
     stats_run_id: str = _f("", "score with the statistics stored under this run id instead of "
                                "computing them (score subcommand; empty: this run's own)")
+    # --- evaluation (evaluate subcommand)
+    label_col: str = _f("", "evaluate: integer class column in both tables (e.g. a digit; the forget "
+                        "class is the forget table's most frequent label) for a multinomial classifier; "
+                        "empty: a forget-vs-retain domain classifier")
+    holdout_fraction: float = _f(0.2, "evaluate: fraction of each table held out for the metrics and "
+                                 "never trained on, in (0, 1); chosen by a seeded hash of the id")
+    eval_budgets: tuple[float, ...] = _f((), "evaluate: budgets of the run to evaluate, comma-separated "
+                                         "(empty: every budget of the run)")
+    eval_reg_param: float = _f(1e-3, "evaluate: L2 regularisation (regParam) of the logistic regression")
+    eval_max_iter: int = _f(100, "evaluate: maximum L-BFGS iterations of the logistic regression")
     # --- Spark
     master: str = _f("local[2]", "Spark master URL; ignored under spark-submit, which sets it")
     shuffle_partitions: int = _f(8, "spark.sql.shuffle.partitions")
@@ -110,6 +120,8 @@ class JobConfig:
         for name in ("ridge", "tolerated_eps", "target_alpha"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         for f in dataclasses.fields(self):
             choices: tuple[str, ...] = f.metadata.get("choices", ())
             value = getattr(self, f.name)

@@ -86,11 +86,11 @@ class RunReport:
             values = " ".join(f"{'-' if cells[m] is None else format(cells[m], '.5g'):>12}" for m in methods)
             lines.append(f"{label:>8} {cells['k']:>10} {values}")
         if self.diagnostics is not None:
-            lines.extend(self._diagnostics_lines(methods, list(rows.values())))
+            lines.extend(self._diagnostics_lines(methods))
         lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
         return "\n".join(lines)
 
-    def _diagnostics_lines(self, methods: list[str], rows: list[dict[str, object]]) -> list[str]:
+    def _diagnostics_lines(self, methods: list[str]) -> list[str]:
         d = self.diagnostics
         assert d is not None
         lines = [f"removal alpha = KL(p1||p) / preservation eps = KL(p2||p), nats (kappa = KL(p1||p2) = "
@@ -103,8 +103,8 @@ class RunReport:
                 continue
             seen.add(key)
             label = f"k={r['budget_count']}" if r["budget_count"] is not None else f"{r['budget']:g}"
-            cells = " ".join(f"{d.points[(m, r['k'])].alpha:>8.4f}/{d.points[(m, r['k'])].eps:<8.4f}"
-                             for m in methods)
+            k = int(r["k"])  # type: ignore[call-overload]
+            cells = " ".join(f"{d.points[(m, k)].alpha:>8.4f}/{d.points[(m, k)].eps:<8.4f}" for m in methods)
             lines.append(f"{label:>8} {r['k']:>10} {cells}")
         reach = ", ".join(f"{m} {'-' if b is None else format(b, 'g')}" for m, b in d.budget_for_target.items())
         lines.append(f"calibration: tolerating eps = {d.tolerated_eps:g} nats, the frontier reaches alpha = "
