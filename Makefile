@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean browser
 
 install: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/distunlearn demo --config conf/local.yaml --output $(DEMO_OUTPUT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium for the report's rendering test (Debian's package; needs root or sudo).
+# Where it cannot be installed the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) 2>/dev/null \
+	  || echo "note: chromium could not be installed; the report rendering test will be skipped"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib jobs tests

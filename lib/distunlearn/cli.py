@@ -1,4 +1,4 @@
-"""Command line: ``distunlearn {run,stats,score,evaluate,demo}``.
+"""Command line: ``distunlearn {run,stats,score,evaluate,report,demo}``.
 
 The same ``main`` serves the console command (which launches its own Spark) and the
 ``spark-submit jobs/*.py`` entry points (``launch=False``: spark-submit's JVM, master and
@@ -40,6 +40,7 @@ subcommands:
   score  score and select with statistics already stored (this run id, or --stats-run-id)
   evaluate  train a classifier per method and budget on the edited data, measure it on
          held-out rows (evaluation, evaluation_summary); --forget/--retain default to the run's
+  report  write one self-contained HTML page of a run's evidence (--html FILE)
   demo   generate seeded Gaussian demo tables and run the job on them
 
 exit status: 0 success, 2 bad input or configuration (one-line message), 1 other failure.
@@ -56,13 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distunlearn", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distunlearn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,stats,score,evaluate,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,stats,score,evaluate,report,demo}")
     helps = {
         "run": "statistics, scoring and selection; writes statistics, removal_sets and runs",
         "stats": "compute and store the forget and retain statistics",
         "score": "score and select using stored statistics",
         "evaluate": "train a classifier per method and budget on the edited data and measure it on "
                     "held-out rows; writes evaluation and evaluation_summary",
+        "report": "write a self-contained HTML page with the run's figures and tables",
         "demo": "generate seeded Gaussian demo data (low and high separability) and run on it",
     }
     for name, text in helps.items():
@@ -105,7 +107,7 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
         _setup_logging(cfg.log_level)
         if args.command == "demo":
             cfg = dataclasses.replace(cfg, run_id=cfg.run_id or "demo").check(required=("output",))
-        elif args.command == "evaluate":  # the sources default to those the run recorded
+        elif args.command in ("evaluate", "report"):  # the sources default to those the run recorded
             cfg = cfg.check(required=("output", "run_id"))
         else:
             cfg = cfg.check()
@@ -120,6 +122,12 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
                 "evaluate": evaluate.run_evaluation}
             if args.command == "demo":
                 return _run_demo(spark, cfg, args)
+            if args.command == "report":
+                from distunlearn.report import write_report
+
+                target = cfg.html or str(Path(cfg.output) / f"report-{cfg.run_id}.html")
+                print(f"report written to {write_report(spark, cfg, target, cfg.report_sample_rows)}")
+                return 0
             report = commands[args.command](spark, cfg)
             print(report.table())  # type: ignore[attr-defined]
             log.info("%s finished in %.1f s", args.command, time.monotonic() - start)

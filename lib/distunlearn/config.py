@@ -90,6 +90,9 @@ class JobConfig:
                                          "(empty: every budget of the run)")
     eval_reg_param: float = _f(1e-3, "evaluate: L2 regularisation (regParam) of the logistic regression")
     eval_max_iter: int = _f(100, "evaluate: maximum L-BFGS iterations of the logistic regression")
+    # --- report (report subcommand)
+    html: str = _f("", "report: path of the HTML page to write (default: <output>/report-<run_id>.html)")
+    report_sample_rows: int = _f(5000, "report: rows sampled from each table for the score histograms")
     # --- Spark
     master: str = _f("local[2]", "Spark master URL; ignored under spark-submit, which sets it")
     shuffle_partitions: int = _f(8, "spark.sql.shuffle.partitions")
@@ -114,7 +117,7 @@ class JobConfig:
             value = getattr(self, name)
             if value and not RUN_ID_PATTERN.match(value):
                 raise ConfigError(f"{name} {value!r} must match {RUN_ID_PATTERN.pattern}")
-        for name in ("shuffle_partitions", "arrow_batch_size"):
+        for name in ("shuffle_partitions", "arrow_batch_size", "report_sample_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("ridge", "tolerated_eps", "target_alpha"):
@@ -184,6 +187,12 @@ def _parse(f: dataclasses.Field[Any], raw: Any) -> Any:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
+
+
+def from_stored(values: dict[str, Any]) -> JobConfig:
+    """The config a run recorded (``runs.config``, JSON of ``dataclasses.asdict``); keys this
+    version does not know are ignored, so older runs stay readable."""
+    return JobConfig(**{k: _parse(FIELDS[k], v) for k, v in values.items() if k in FIELDS})
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
