@@ -94,7 +94,8 @@ def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> 
         report = run_pipeline(spark, run_cfg.check())
         print(f"\n== {d.name} separability (population kappa = KL(p1||p2) = {d.kappa:.3f})")
         print(report.table())
-    print(f"\nDelta tables under {Path(cfg.output).resolve()}: removal_sets, statistics, runs")
+    print(f"\nDelta tables under {Path(cfg.output).resolve()}: removal_sets, statistics, diagnostics, "
+          "calibration, runs")
     return 0
 
 

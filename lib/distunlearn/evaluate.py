@@ -72,8 +72,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVALUATION = "evaluation"
-EVALUATION_SUMMARY = "evaluation_summary"
 BASELINE_METHOD = "none"
 HALVE_METRIC = "forget_recall"
 LOG_LOSS_CLIP = 1e-15
@@ -241,14 +239,8 @@ def _sources(spark: SparkSession, cfg: JobConfig) -> tuple[str, str]:
 
 
 def _read_domain(spark: SparkSession, cfg: JobConfig, source: str, domain: str, label_col: str) -> DataFrame:
-    """DataFrame[id, features array, label] of one input table.
-
-    :func:`~distunlearn.prepare.normalize` checks the id and feature columns (schema only)
-    and fixes their output types; it keeps only (id, features), so the same projection is
-    repeated here with the label carried along (a join on id would shuffle both tables).
-    """
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.ml.linalg import VectorUDT
+    """DataFrame[id, features array, label] of one input table (the id and feature columns
+    checked and typed by :func:`~distunlearn.prepare.normalize`, the label carried along)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -256,12 +248,6 @@ def _read_domain(spark: SparkSession, cfg: JobConfig, source: str, domain: str, 
     from distunlearn.prepare import FEATURES, ID, normalize
 
     raw = io.read_source(spark, source, domain)
-    base = normalize(raw, cfg.id_col, cfg.feature_col, domain)
-    ident = F.col(cfg.id_col).cast(base.schema[ID].dataType)
-    if isinstance(raw.schema[cfg.feature_col].dataType, VectorUDT):
-        feature = vector_to_array(F.col(cfg.feature_col), dtype="float64")
-    else:
-        feature = F.col(cfg.feature_col).cast(base.schema[FEATURES].dataType)
     if label_col:
         names = {f.name: f for f in raw.schema.fields}
         if label_col not in names:
@@ -270,10 +256,10 @@ def _read_domain(spark: SparkSession, cfg: JobConfig, source: str, domain: str, 
         if not isinstance(ltype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
             raise InputError(f"label column {label_col!r} of the {domain} table must be an integer class, "
                              f"got {ltype.simpleString()}")
-        label = F.col(label_col).cast("double")
-    else:
-        label = F.lit(1.0 if domain == "forget" else 0.0)
-    return raw.select(ident.alias(ID), feature.alias(FEATURES), label.alias(LABEL))
+        table = normalize(raw, cfg.id_col, cfg.feature_col, domain, keep=(label_col,))
+        return table.select(ID, FEATURES, F.col(label_col).cast("double").alias(LABEL))
+    table = normalize(raw, cfg.id_col, cfg.feature_col, domain)
+    return table.withColumn(LABEL, F.lit(1.0 if domain == "forget" else 0.0))
 
 
 def _finite(features: Any) -> Any:
@@ -567,7 +553,7 @@ def write_tables(spark: SparkSession, cfg: JobConfig, report: EvaluationReport) 
     evaluation = spark.createDataFrame([tuple(r[c] for c in cols) for r in report.rows], EVALUATION_SCHEMA)
     scols = [c.split()[0] for c in SUMMARY_SCHEMA.split(", ")]
     summary = spark.createDataFrame([tuple(s[c] for c in scols) for s in report.summary], SUMMARY_SCHEMA)
-    paths = (io.table_path(cfg.output, EVALUATION), io.table_path(cfg.output, EVALUATION_SUMMARY))
+    paths = (io.table_path(cfg.output, io.EVALUATION), io.table_path(cfg.output, io.EVALUATION_SUMMARY))
     for df, path in zip((evaluation, summary), paths, strict=True):
         io.check_schema(spark, df.schema, path)
     for df, path in zip((evaluation, summary), paths, strict=True):

@@ -36,6 +36,8 @@ STATISTICS = "statistics"
 RUNS = "runs"
 DIAGNOSTICS = "diagnostics"
 CALIBRATION = "calibration"
+EVALUATION = "evaluation"
+EVALUATION_SUMMARY = "evaluation_summary"
 
 
 def _is_path(source: str) -> bool:

@@ -34,8 +34,9 @@ def _field(df: DataFrame, column: str, domain: str) -> T.StructField:
     return names[column]
 
 
-def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str) -> DataFrame:
-    """Select and type-check the id and feature columns; return DataFrame[id, features]."""
+def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: tuple[str, ...] = ()) -> DataFrame:
+    """Select and type-check the id and feature columns; return DataFrame[id, features, *keep]
+    (``keep``: further columns passed through unchanged, e.g. a label for the evaluation)."""
     id_field = _field(df, id_col, domain)
     feat_field = _field(df, feature_col, domain)
     if not isinstance(id_field.dataType, _ID_TYPES):
@@ -55,7 +56,8 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str) -> Data
     else:
         raise InputError(f"feature column {feature_col!r} of the {domain} table must be "
                          f"array<float|double> or a Spark ML vector, got {dtype.simpleString()}")
-    return df.select(ident.alias(ID), feature.alias(FEATURES))
+    extra = [F.col(_field(df, name, domain).name) for name in keep]
+    return df.select(ident.alias(ID), feature.alias(FEATURES), *extra)
 
 
 def check_ids(df: DataFrame, id_col: str, domain: str) -> None:

@@ -118,7 +118,7 @@ def collect(spark: SparkSession, cfg: JobConfig, sample_rows: int = 5000) -> Rep
     run = runs[0]
     run_cfg = from_stored(json.loads(run["config"]))
     data = ReportData(cfg.run_id, run, _rows(spark, cfg, io.DIAGNOSTICS), _rows(spark, cfg, io.CALIBRATION),
-                      _rows(spark, cfg, "evaluation"), _rows(spark, cfg, "evaluation_summary"))
+                      _rows(spark, cfg, io.EVALUATION), _rows(spark, cfg, io.EVALUATION_SUMMARY))
     data.scores = _sample_scores(spark, run, run_cfg, sample_rows)
     return data
 
