@@ -159,6 +159,19 @@ def interpolate(budgets: list[float], values: list[float], at: float | None,
     return float(np.interp(at, xs, ys))
 
 
+def save_figure(fig: Any, legend_ax: Any, figdir: Path, name: str, alt: str, sec: Section) -> list[str]:
+    """Lay out, save as ``figdir/name`` and close ``fig``; record it in ``sec`` and return the
+    markdown lines that show it."""
+    import matplotlib.pyplot as plt
+
+    legend_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figdir / name, dpi=90)
+    plt.close(fig)
+    sec.figures.append(name)
+    return [f"![{alt}](results/{name})", ""]
+
+
 def job_config(**kw: Any) -> Any:
     """A JobConfig for one run, with the reproduction's Spark settings."""
     from distunlearn.config import JobConfig
@@ -298,13 +311,7 @@ def section_gaussian(spark: Any, work: Path, sizes: Sizes, figdir: Path) -> Sect
         ax2.axhline(0.5, color="grey", lw=0.8)
         ax2.set(xlabel="budget (fraction of S1)", ylabel="unlearned = (alpha-alpha0)/(kappa-alpha0)",
                 title="share of the influence removed")
-        ax1.legend(fontsize=7)
-        fig.tight_layout()
-        name = f"gaussian-d{d}-{sep}.png"
-        fig.savefig(figdir / name, dpi=90)
-        plt.close(fig)
-        sec.figures.append(name)
-        L += [f"![d={d} {sep}](results/{name})", ""]
+        L += save_figure(fig, ax1, figdir, f"gaussian-d{d}-{sep}.png", f"d={d} {sep}", sec)
     sec.lines = [
         "Summary (budget to halve the remaining influence kappa - alpha, % of S1):", "",
         *md_table(["d", "separability", "kappa (est.)", "random (ours)", "random (theory)",
@@ -398,13 +405,7 @@ def evaluate_section(spark: Any, sec: Section, forget: str, retain: str, output:
     ax1.axhline(base.forget_recall / 2, color="grey", lw=0.8)
     ax1.set(xlabel="budget (fraction of S1)", ylabel="forget recall (held out)", title=f"{run_id}: forget recall")
     ax2.set(xlabel="budget (fraction of S1)", ylabel="retain accuracy (held out)", title="retain accuracy")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
-    name = f"{run_id}.png"
-    fig.savefig(figdir / name, dpi=90)
-    plt.close(fig)
-    sec.figures.append(name)
-    sec.lines += [f"![{run_id}](results/{name})", ""]
+    sec.lines += save_figure(fig, ax1, figdir, f"{run_id}.png", run_id, sec)
     sec.lines += verdict_lines(halves)
 
 

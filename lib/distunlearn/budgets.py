@@ -28,7 +28,12 @@ class Budget:
 
     @property
     def label(self) -> str:
-        return f"k={self.k}" if self.count is not None else f"{self.budget:g}"
+        return budget_label(self.budget, self.count)
+
+
+def budget_label(budget: float, count: int | None) -> str:
+    """How a budget is shown: the fraction as given, or ``k=COUNT`` for a count budget."""
+    return f"k={count}" if count is not None else f"{budget:g}"
 
 
 def exact_k(fraction: float, n1: int) -> int:

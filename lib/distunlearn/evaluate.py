@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distunlearn.budgets import budget_label
 from distunlearn.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ class EvaluationReport:
             lines.append(f"{method}:")
             lines.append(f"  {'budget':>8} {'k':>8} {'forget_recall':>14} {'retain_accuracy':>16}")
             for r in sorted((r for r in self.rows if r["method"] == method), key=lambda r: r["budget"]):
-                label = f"k={r['budget_count']}" if r["budget_count"] is not None else f"{r['budget']:g}"
+                label = budget_label(r["budget"], r["budget_count"])
                 lines.append(f"  {label:>8} {r['k']:>8} {_fmt(r['forget_recall']):>14} "
                              f"{_fmt(r['retain_accuracy']):>16}")
             h = halve.get(method)

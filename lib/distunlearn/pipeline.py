@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 from distunlearn import io
 from distunlearn.aggregate import DomainStats, compute_stats, removal_bucket_stats
 from distunlearn.batches import check_dims
-from distunlearn.budgets import Budget, resolve_budgets
+from distunlearn.budgets import Budget, budget_label, resolve_budgets
 from distunlearn.config import JobConfig
 from distunlearn.diagnostics import Diagnostics, diagnose
 from distunlearn.errors import InputError
@@ -78,17 +78,25 @@ class RunReport:
                  f"covariance={self.covariance} (shrinkage {self.shrinkage:.3g})",
                  "score threshold (k-th highest score) per method:",
                  f"{'budget':>8} {'k':>10} " + " ".join(f"{m:>12}" for m in methods)]
-        rows: dict[tuple[object, object], dict[str, object]] = {}
-        for r in self.summary:
-            rows.setdefault((r["budget"], r["budget_count"]), {"k": r["k"]})[str(r["method"])] = r["threshold"]
-        for (budget, count), cells in rows.items():
-            label = f"k={count}" if count is not None else f"{budget:g}"
-            values = " ".join(f"{'-' if cells[m] is None else format(cells[m], '.5g'):>12}" for m in methods)
-            lines.append(f"{label:>8} {cells['k']:>10} {values}")
+        for label, k, thresholds in self._budget_rows():
+            values = " ".join(f"{'-' if thresholds[m] is None else format(thresholds[m], '.5g'):>12}"
+                              for m in methods)
+            lines.append(f"{label:>8} {k:>10} {values}")
         if self.diagnostics is not None:
             lines.extend(self._diagnostics_lines(methods))
         lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
         return "\n".join(lines)
+
+    def _budget_rows(self) -> list[tuple[str, int, dict[str, object]]]:
+        """One entry per budget, in output order: its label, k, and each method's threshold."""
+        rows: dict[tuple[object, object], tuple[str, int, dict[str, object]]] = {}
+        for r in self.summary:
+            key = (r["budget"], r["budget_count"])
+            if key not in rows:
+                rows[key] = (budget_label(r["budget"], r["budget_count"]),  # type: ignore[arg-type]
+                             int(r["k"]), {})  # type: ignore[call-overload]
+            rows[key][2][str(r["method"])] = r["threshold"]
+        return list(rows.values())
 
     def _diagnostics_lines(self, methods: list[str]) -> list[str]:
         d = self.diagnostics
@@ -96,16 +104,9 @@ class RunReport:
         lines = [f"removal alpha = KL(p1||p) / preservation eps = KL(p2||p), nats (kappa = KL(p1||p2) = "
                  f"{d.kappa:.4g}; no removal: alpha {d.baseline.alpha:.4g}, eps {d.baseline.eps:.4g}):",
                  f"{'budget':>8} {'k':>10} " + " ".join(f"{m:>17}" for m in methods)]
-        seen = set()
-        for r in self.summary:
-            key = (r["budget"], r["budget_count"])
-            if key in seen:
-                continue
-            seen.add(key)
-            label = f"k={r['budget_count']}" if r["budget_count"] is not None else f"{r['budget']:g}"
-            k = int(r["k"])  # type: ignore[call-overload]
+        for label, k, _ in self._budget_rows():
             cells = " ".join(f"{d.points[(m, k)].alpha:>8.4f}/{d.points[(m, k)].eps:<8.4f}" for m in methods)
-            lines.append(f"{label:>8} {r['k']:>10} {cells}")
+            lines.append(f"{label:>8} {k:>10} {cells}")
         reach = ", ".join(f"{m} {'-' if b is None else format(b, 'g')}" for m, b in d.budget_for_target.items())
         lines.append(f"calibration: tolerating eps = {d.tolerated_eps:g} nats, the frontier reaches alpha = "
                      f"{d.alpha_max:.4g}; smallest budget reaching alpha >= {d.target_alpha:.4g}: {reach}")
@@ -178,6 +179,12 @@ class Plan:
     model: ScoringModel
 
 
+def build_model(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats) -> ScoringModel:
+    """The scoring model of a run: its statistics with its covariance and cosine options."""
+    return ScoringModel.build(f_stats, r_stats, cfg.covariance_source, cfg.covariance, cfg.ridge,
+                              cfg.max_condition, cfg.cosine_center)
+
+
 def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, report: RunReport) -> Plan:
     """Validate methods and budgets against n_forget and build the scoring model (raises
     ConfigError/InputError before anything is written)."""
@@ -186,8 +193,7 @@ def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, re
     for b in budgets:
         if b.k == 0:
             log.warning("budget %s selects no row (floor(%g x %d) = 0)", b.label, b.budget, f_stats.n)
-    model = ScoringModel.build(f_stats, r_stats, cfg.covariance_source, cfg.covariance, cfg.ridge,
-                               cfg.max_condition, cfg.cosine_center)
+    model = build_model(cfg, f_stats, r_stats)
     report.n_forget, report.n_retain, report.dim = f_stats.n, r_stats.n, f_stats.dim
     report.covariance, report.shrinkage = model.covariance.kind, model.covariance.shrinkage
     return Plan(methods, budgets, model)

@@ -85,14 +85,12 @@ def _rows(spark: SparkSession, cfg: JobConfig, name: str) -> list[dict[str, Any]
 def _sample_scores(spark: SparkSession, run: dict[str, Any], run_cfg: JobConfig,
                    rows: int) -> dict[str, dict[str, np.ndarray]]:
     """Scores of a seeded sample of each table, with the model the run used."""
-    from distunlearn.pipeline import load_statistics
+    from distunlearn.pipeline import build_model, load_statistics
     from distunlearn.prepare import normalize
     from distunlearn.score import METHOD, SCORE, score_forget
-    from distunlearn.scoring import ScoringModel
 
     f_stats, r_stats = load_statistics(spark, run_cfg, run["stats_run_id"] or run_cfg.run_id)
-    model = ScoringModel.build(f_stats, r_stats, run_cfg.covariance_source, run_cfg.covariance,
-                               run_cfg.ridge, run_cfg.max_condition, run_cfg.cosine_center)
+    model = build_model(run_cfg, f_stats, r_stats)
     out: dict[str, dict[str, np.ndarray]] = {}
     for domain, source, n in (("forget", run["forget_source"], f_stats.n), ("retain", run["retain_source"], r_stats.n)):
         df = normalize(io.read_source(spark, source, domain), run_cfg.id_col, run_cfg.feature_col, domain)
