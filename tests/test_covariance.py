@@ -1,16 +1,19 @@
-"""Covariance estimates from GaussianStats vs numpy and scikit-learn's Ledoit-Wolf."""
+"""Covariance estimates from GaussianStats vs numpy and scikit-learn (Ledoit-Wolf, PCA)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf
 from sklearn.covariance import ledoit_wolf_shrinkage as sk_shrinkage
+from sklearn.decomposition import PCA
 
+from distunlearn.config import JobConfig, add_arguments, from_args
 from distunlearn.covariance import estimate_covariance, ledoit_wolf_shrinkage, pooled
-from distunlearn.errors import InputError
+from distunlearn.errors import ConfigError, InputError
 from distunlearn.stats import GaussianStats
 
 LOGGER = "distunlearn.covariance"
@@ -121,6 +124,8 @@ def test_diagonal_is_np_var() -> None:
     x = correlated(np.random.default_rng(4), 120, 5, loc=1e3)
     est = estimate_covariance(GaussianStats.from_array(x), kind="diagonal")
     assert est.kind == "diagonal" and est.shrinkage == 0.0
+    assert est.dense is None  # only the variances are carried
+    np.testing.assert_allclose(est.variances, np.var(x, axis=0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(est.matrix, np.diag(np.var(x, axis=0)), rtol=1e-9, atol=1e-12)
 
 
@@ -148,7 +153,7 @@ def test_ridge_formula(ridge: float) -> None:
     np.testing.assert_allclose(est.matrix, s + ridge * np.trace(s) / 6 * np.eye(6), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["full", "diagonal", "ledoit_wolf", "ridge"])
+@pytest.mark.parametrize("kind", ["full", "diagonal", "ledoit_wolf", "ridge", "lowrank"])
 def test_identical_rows_raise_input_error(kind: str) -> None:
     """All rows identical: covariance is zero, every kind raises InputError naming the label."""
     x = np.tile(np.array([1.0, -2.0, 3.0]), (10, 1))
@@ -210,3 +215,116 @@ def test_pooled_ledoit_wolf_matches_sklearn_assume_centered(n_f: int, n_r: int, 
     est = estimate_covariance(p, kind="ledoit_wolf")
     assert est.shrinkage == pytest.approx(ref_shrink, rel=1e-8)
     np.testing.assert_allclose(est.matrix, ref_cov, rtol=1e-8, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- lowrank
+def lowrank_reference(x: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Top-r eigenvalues, their eigenvectors, sigma^2 and Sigma built from np.linalg.eigh of
+    np.cov(bias=True), written from the formula in the covariance module docstring."""
+    s = np.cov(x, rowvar=False, bias=True)
+    d = s.shape[0]
+    w, u = np.linalg.eigh(s)
+    order = np.argsort(w)[::-1][:rank]
+    lam, v = w[order], u[:, order]
+    sigma2 = (np.trace(s) - lam.sum()) / (d - rank)
+    return lam, v, sigma2, v @ np.diag(lam) @ v.T + sigma2 * (np.eye(d) - v @ v.T)
+
+
+@pytest.mark.parametrize("n,d,rank", [(300, 12, 3), (500, 8, 1), (40, 30, 5)])
+def test_lowrank_matches_numpy_eigh(n: int, d: int, rank: int) -> None:
+    """kind="lowrank": eigenvalues, spanned subspace, sigma^2 and the matrix equal the numpy
+    construction (also for n < d, where S is singular but Sigma is not)."""
+    x = correlated(np.random.default_rng(n + d + rank), n, d, loc=50.0)
+    lam, v, sigma2, ref = lowrank_reference(x, rank)
+    est = estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=rank)
+    assert est.kind == "lowrank" and est.reason == "requested" and est.dense is None
+    assert est.basis is not None and est.basis.shape == (d, rank)
+    np.testing.assert_allclose(est.eigenvalues, lam, rtol=1e-9)
+    assert est.isotropic == pytest.approx(sigma2, rel=1e-8)
+    np.testing.assert_allclose(est.basis.T @ est.basis, np.eye(rank), atol=1e-12)
+    np.testing.assert_allclose(est.basis @ est.basis.T, v @ v.T, atol=1e-8)  # same subspace
+    np.testing.assert_allclose(est.matrix, ref, rtol=1e-8, atol=1e-10 * np.trace(ref) / d)
+    assert np.linalg.eigvalsh(est.matrix)[0] > 0.0
+
+
+def test_lowrank_matches_sklearn_pca_covariance() -> None:
+    """Independent of eigh: sklearn's probabilistic PCA (an SVD of the centred rows) has the
+    same model covariance, up to its n - 1 denominator."""
+    n, rank = 250, 4
+    x = correlated(np.random.default_rng(11), n, 10, loc=-20.0)
+    pca = PCA(n_components=rank, svd_solver="full").fit(x)
+    est = estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=rank)
+    np.testing.assert_allclose(est.matrix, pca.get_covariance() * (n - 1) / n, rtol=1e-8, atol=1e-12)
+    assert est.isotropic == pytest.approx(pca.noise_variance_ * (n - 1) / n, rel=1e-8)
+
+
+def test_lowrank_recovers_a_spiked_covariance() -> None:
+    """Rows whose sample covariance is exactly U diag(9, 4) U^T + 0.5 (I - U U^T) (d = 7):
+    lowrank with r = 2 recovers the spikes, the subspace and sigma^2 = 0.5."""
+    rng = np.random.default_rng(12)
+    d, n = 7, 400
+    u = np.linalg.qr(rng.normal(size=(d, 2)))[0]
+    sigma = u @ np.diag([9.0, 4.0]) @ u.T + 0.5 * (np.eye(d) - u @ u.T)
+    z = rng.normal(size=(n, d))
+    z -= z.mean(axis=0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(z.T @ z / n)).T  # sample covariance exactly I
+    x = z @ np.linalg.cholesky(sigma).T + 3.0
+    est = estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=2)
+    np.testing.assert_allclose(est.eigenvalues, [9.0, 4.0], rtol=1e-9)
+    assert est.isotropic == pytest.approx(0.5, rel=1e-9)
+    np.testing.assert_allclose(est.basis @ est.basis.T, u @ u.T, atol=1e-9)
+    np.testing.assert_allclose(est.matrix, sigma, atol=1e-9)
+
+
+def test_lowrank_with_rank_d_minus_1_is_s() -> None:
+    """r = d - 1: sigma^2 is the one discarded eigenvalue, so Sigma = S exactly."""
+    x = correlated(np.random.default_rng(13), 200, 6, loc=5.0)
+    est = estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=5)
+    assert est.kind == "lowrank"
+    np.testing.assert_allclose(est.matrix, np.cov(x, rowvar=False, bias=True), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("rank", [6, 64])
+def test_lowrank_rank_ge_d_falls_back_to_full(caplog: pytest.LogCaptureFixture, rank: int) -> None:
+    """r >= d leaves no isotropic rest: the full covariance is used, with a warning and the
+    reason recorded."""
+    x = correlated(np.random.default_rng(14), 200, 6)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    est = estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=rank, label="pooled covariance")
+    assert est.kind == "full" and est.reason == f"lowrank rank {rank} >= d = 6"
+    np.testing.assert_allclose(est.matrix, np.cov(x, rowvar=False, bias=True), rtol=1e-10)
+    msgs = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "pooled covariance" in msgs[0] and f"rank {rank} >= d = 6" in msgs[0]
+
+
+def test_lowrank_rank_above_rank_of_s_floors_sigma2(caplog: pytest.LogCaptureFixture) -> None:
+    """5 rows in d = 20 (S has rank 4) with r = 8: no variance is left for sigma^2, which is
+    floored at 1e-12 tr(S)/d with a warning; Sigma stays positive definite."""
+    x = correlated(np.random.default_rng(15), 5, 20)
+    s = np.cov(x, rowvar=False, bias=True)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    est = estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=8)
+    assert est.isotropic == pytest.approx(1e-12 * np.trace(s) / 20, rel=1e-9)
+    assert np.all(est.eigenvalues >= est.isotropic)
+    np.testing.assert_allclose(est.eigenvalues[:4], np.linalg.eigvalsh(s)[::-1][:4], rtol=1e-9)
+    assert any("rank" in r.getMessage() for r in caplog.records if r.name == LOGGER)
+
+
+@pytest.mark.parametrize("rank", [0, -3])
+def test_lowrank_rank_below_one_raises(rank: int) -> None:
+    x = correlated(np.random.default_rng(16), 50, 4)
+    with pytest.raises(InputError, match=f"rank must be at least 1, got {rank}"):
+        estimate_covariance(GaussianStats.from_array(x), kind="lowrank", rank=rank)
+
+
+# --------------------------------------------------------------------------- config
+def test_config_covariance_rank_default_flag_and_check() -> None:
+    """--covariance-rank parses to an int (default 64); check() rejects r < 1 naming the value."""
+    assert JobConfig().covariance_rank == 64
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(["--covariance", "lowrank", "--covariance-rank", "16"]))
+    assert cfg.covariance == "lowrank" and cfg.covariance_rank == 16
+    cfg.check(required=())
+    with pytest.raises(ConfigError, match="covariance_rank must be at least 1, got 0"):
+        JobConfig(covariance_rank=0).check(required=())

@@ -63,6 +63,8 @@ class JobConfig:
     covariance_source: str = _f("pooled", "rows the covariance is estimated from: 'pooled' "
                                 "(within-domain, forget and retain) or 'retain'",
                                 choices=COVARIANCE_SOURCES)
+    covariance_rank: int = _f(64, "rank r for covariance=lowrank: the top r eigenvectors of the "
+                              "covariance plus an isotropic rest; r >= d uses full instead")
     ridge: float = _f(1e-3, "ridge for covariance=ridge, relative to the mean variance")
     max_condition: float = _f(1e8, "largest condition number accepted for covariance=full")
     cosine_center: str = _f("none", "centre features before cosine distances: 'none' or "
@@ -117,7 +119,7 @@ class JobConfig:
             value = getattr(self, name)
             if value and not RUN_ID_PATTERN.match(value):
                 raise ConfigError(f"{name} {value!r} must match {RUN_ID_PATTERN.pattern}")
-        for name in ("shuffle_partitions", "arrow_batch_size", "report_sample_rows"):
+        for name in ("covariance_rank", "shuffle_partitions", "arrow_batch_size", "report_sample_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("ridge", "tolerated_eps", "target_alpha"):
