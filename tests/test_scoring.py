@@ -7,10 +7,13 @@ computed from the raw rows with numpy.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf
 
+from distunlearn.covariance import CovarianceEstimate
 from distunlearn.errors import ConfigError
 from distunlearn.scoring import KERNEL_METHODS, METHODS, ScoringModel, validate_methods
 from distunlearn.stats import GaussianStats
@@ -223,6 +226,106 @@ def test_full_falls_back_when_few_rows() -> None:
     x = rng.normal(size=(20, 8))
     got = model.score(x, ("lr_gauss",))["lr_gauss"]
     np.testing.assert_allclose(got, reference_scores("lr_gauss", x, f, r, sigma), rtol=1e-7, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- structured covariances
+def lowrank_sigma(s: np.ndarray, rank: int) -> np.ndarray:
+    """V diag(lambda) V^T + sigma^2 (I - V V^T) from np.linalg.eigh of s (top ``rank``)."""
+    w, u = np.linalg.eigh(s)
+    lam, v = w[::-1][:rank], u[:, ::-1][:, :rank]
+    sigma2 = (np.trace(s) - lam.sum()) / (len(s) - rank)
+    return v @ np.diag(lam) @ v.T + sigma2 * (np.eye(len(s)) - v @ v.T)
+
+
+def solve_scores(method: str, x: np.ndarray, mu1: np.ndarray, mu2: np.ndarray,
+                 sigma: np.ndarray) -> np.ndarray:
+    """Mahalanobis scores through np.linalg.solve(Sigma, x - mu), all rows at once."""
+    def d2(mu: np.ndarray) -> np.ndarray:
+        diff = x - mu
+        return np.einsum("ij,ji->i", diff, np.linalg.solve(sigma, diff.T))
+
+    if method == "maha_mu2":
+        return np.sqrt(d2(mu2))
+    if method == "lr_maha":
+        return np.sqrt(d2(mu2)) - np.sqrt(d2(mu1))
+    assert method == "lr_gauss"
+    return 0.5 * (d2(mu2) - d2(mu1))
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e6])
+@pytest.mark.parametrize("source", ["pooled", "retain"])
+@pytest.mark.parametrize("kind", ["diagonal", "lowrank"])
+def test_structured_kernels_match_dense_solve(kind: str, source: str, shift: float) -> None:
+    """diagonal (Sigma = diag(np.var)) and lowrank r = 2 (from np.linalg.eigh): maha_mu2, lr_maha
+    and lr_gauss equal np.linalg.solve(Sigma, x - mu) on the unshifted data, also when every
+    feature is offset by 1e6 (the scores are shift-invariant; expanding ||x - mu||^2 as
+    ||x||^2 - 2 x.mu + ||mu||^2 would lose about 1e-4 there, centring keeps about 1e-10)."""
+    f, r, x = make_domains(13)
+    s = sigma_for(source, f, r)
+    sigma = np.diag(np.diag(s)) if kind == "diagonal" else lowrank_sigma(s, 2)
+    model = build(f + shift, r + shift, covariance_source=source, covariance=kind, covariance_rank=2)
+    assert model.covariance.kind == kind
+    got = model.score(x + shift, ("maha_mu2", "lr_maha", "lr_gauss"))
+    tol = 1e-9 if shift == 0.0 else 1e-8
+    for m in ("maha_mu2", "lr_maha", "lr_gauss"):
+        ref = solve_scores(m, x, f.mean(axis=0), r.mean(axis=0), sigma)
+        np.testing.assert_allclose(got[m], ref, rtol=tol, atol=tol * np.abs(ref).max(), err_msg=m)
+    # and the structure matters: the full covariance scores differently
+    full = solve_scores("maha_mu2", x, f.mean(axis=0), r.mean(axis=0), s)
+    assert np.max(np.abs(got["maha_mu2"] - full)) > 1e-2
+
+
+def test_lowrank_in_high_dimension_matches_dense_solve() -> None:
+    """d = 120, r = 7, features offset by 1e3: a regime where the part of x - mu outside the
+    top-r subspace carries most of ||x - mu||^2."""
+    rng = np.random.default_rng(14)
+    d = 120
+    a = rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d)
+    f = rng.normal(size=(300, d)) @ a + rng.normal(size=d)
+    r = rng.normal(size=(700, d)) @ a + rng.normal(size=d)
+    x = np.vstack([f[:40], r[:40]])
+    model = build(f + 1e3, r + 1e3, covariance="lowrank", covariance_rank=7)
+    got = model.score(x + 1e3, ("maha_mu2", "lr_maha", "lr_gauss"))
+    sigma = lowrank_sigma(pooled_cov(f, r), 7)
+    for m in ("maha_mu2", "lr_maha", "lr_gauss"):
+        ref = solve_scores(m, x, f.mean(axis=0), r.mean(axis=0), sigma)
+        np.testing.assert_allclose(got[m], ref, rtol=1e-7, atol=1e-7 * np.abs(ref).max(), err_msg=m)
+
+
+def test_lowrank_rank_d_minus_1_scores_like_full() -> None:
+    """r = d - 1 makes Sigma = S, so every kernel method scores as with covariance="full"."""
+    f, r, x = make_domains(15)
+    low = build(f, r, covariance="lowrank", covariance_rank=D - 1).score(x, KERNEL_METHODS)
+    full = build(f, r, covariance="full").score(x, KERNEL_METHODS)
+    for m in KERNEL_METHODS:
+        np.testing.assert_allclose(low[m], full[m], rtol=1e-8, atol=1e-9, err_msg=m)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "lowrank"])
+def test_structured_model_is_small_and_needs_no_dense_matrix(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """d = 300: the pickled (broadcast) model holds no d x d array (one would be 720 kB), and
+    building and scoring never ask for the dense matrix."""
+    rng = np.random.default_rng(16)
+    d, rank = 300, 5
+    f = rng.normal(size=(400, d)) + 1.0
+    r = rng.normal(size=(500, d)) * 1.5
+
+    def no_dense(self: CovarianceEstimate) -> np.ndarray:
+        raise AssertionError("dense covariance requested")
+
+    monkeypatch.setattr(CovarianceEstimate, "matrix", property(no_dense))
+    model = build(f, r, covariance=kind, covariance_rank=rank)
+    model.score(r[:50], KERNEL_METHODS)
+    size = len(pickle.dumps(model))
+    assert size < 20 * d * 8 + (d * rank * 8 if kind == "lowrank" else 0), size
+
+
+def test_full_model_still_holds_the_dense_whitener() -> None:
+    """Guard for the size test above: a full-covariance model is at least d x d doubles."""
+    rng = np.random.default_rng(16)
+    d = 300
+    model = build(rng.normal(size=(400, d)), rng.normal(size=(500, d)), covariance="full")
+    assert len(pickle.dumps(model)) > d * d * 8
 
 
 def test_uses_covariance() -> None:

@@ -182,7 +182,7 @@ class Plan:
 def build_model(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats) -> ScoringModel:
     """The scoring model of a run: its statistics with its covariance and cosine options."""
     return ScoringModel.build(f_stats, r_stats, cfg.covariance_source, cfg.covariance, cfg.ridge,
-                              cfg.max_condition, cfg.cosine_center)
+                              cfg.max_condition, cfg.cosine_center, cfg.covariance_rank)
 
 
 def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, report: RunReport) -> Plan:
