@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo test lint clean browser results
+.PHONY: install demo test lint clean browser results bench
 
 install: $(STAMP)
 
@@ -36,9 +36,18 @@ browser:
 results: $(STAMP)
 	$(BIN)/python scripts/reproduce.py
 
+# The performance benchmark (bench/run.py): rewrites docs/BENCHMARKS.md.  The default size
+# (1M forget + 1M retain rows x 384, 3 rounds, the 10M scaling run and d = 1024/4096) takes
+# about an hour on 2 cores and ~25 GB of disk under bench-data/; ROWS=... DIM=... pick the size
+# of the main comparison, BENCH_ARGS passes further flags (see python bench/run.py --help).
+ROWS ?= 1000000
+DIM  ?= 384
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --rows $(ROWS) --dim $(DIM) $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check lib jobs tests
+	$(BIN)/ruff check lib jobs tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache bench-data

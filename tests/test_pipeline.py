@@ -220,7 +220,8 @@ def test_float32_parquet_and_ml_vectors_give_the_same_sets(spark, tmp_path):
 @pytest.mark.parametrize("budgets", [(0.1, 0.5), (0.1, 1.0)])
 def test_numpy_kernel_scores_each_forget_row_once(spark, gaussian, tmp_path, monkeypatch, budgets):
     """Pruning, range sampling and sorting are separate Spark jobs; the scores are persisted
-    so the kernel still runs once per row (counted with an accumulator in the workers)."""
+    so the kernel runs once per row for the selection (counted with an accumulator in the
+    workers); the diagnostics pass scores again (aggregate.removal_bucket_stats)."""
     from distunlearn import score
 
     root, f, r, xf, _ = gaussian

@@ -18,11 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
 
 from distunlearn.batches import ArrowUdf, InputCounts, list_to_matrix
 from distunlearn.errors import InputError
 from distunlearn.prepare import FEATURES, ID
+from distunlearn.score import random_score, score_batches
+from distunlearn.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.stats import GaussianStats
 
 log = logging.getLogger(__name__)
@@ -120,19 +123,22 @@ def _bucket_of(scores: np.ndarray, ids: pa.Array, bounds: list[tuple[float, obje
     return outside
 
 
-def _bucket_aggregator(methods: tuple[str, ...], bounds: dict[str, list[tuple[float, object]]]) -> ArrowUdf:
+def _bucket_aggregator(broadcast: object, methods: tuple[str, ...],
+                       bounds: dict[str, list[tuple[float, object]]]) -> ArrowUdf:
+    kernel = tuple(m for m in methods if m in KERNEL_METHODS)
+
     def partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = broadcast.value  # type: ignore[attr-defined]  # once per partition
         acc: dict[tuple[str, int], GaussianStats] = {}
-        with threadpool_limits(limits=1, user_api="blas"):
-            for rb in batches:
-                x = list_to_matrix(rb.column(FEATURES)).x  # rows here are valid by construction
-                ids = rb.column(ID)
-                for m in methods:
-                    bucket = _bucket_of(rb.column(m).to_numpy(), ids, bounds[m])
-                    for b in np.unique(bucket):
-                        part = GaussianStats.from_array(x[bucket == b])
-                        key = (m, int(b))
-                        acc[key] = acc[key].merge(part) if key in acc else part
+        for rb, batch, scores in score_batches(batches, model, kernel):  # one BLAS thread
+            if "random" in methods:
+                scores["random"] = rb.column("random").to_numpy()
+            for m in methods:
+                bucket = _bucket_of(scores[m], rb.column(ID), bounds[m])
+                for b in np.unique(bucket):
+                    part = GaussianStats.from_array(batch.x[bucket == b], products=np.float32)
+                    key = (m, int(b))
+                    acc[key] = acc[key].merge(part) if key in acc else part
         keys = sorted(acc)
         yield pa.RecordBatch.from_arrays(
             [pa.array([k[0] for k in keys], pa.string()), pa.array([k[1] for k in keys], pa.int64()),
@@ -142,13 +148,30 @@ def _bucket_aggregator(methods: tuple[str, ...], bounds: dict[str, list[tuple[fl
     return partition
 
 
-def removal_bucket_stats(wide: DataFrame, methods: tuple[str, ...], bounds: dict[str, list[tuple[float, object]]],
-                         dim: int) -> dict[str, list[GaussianStats]]:
+def removal_bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...], seed: int,
+                         bounds: dict[str, list[tuple[float, object]]], dim: int) -> dict[str, list[GaussianStats]]:
     """Per method, statistics of the forget rows grouped by the smallest removal set that holds
-    them (``len(bounds[m]) + 1`` entries, the last for rows in no set), from the persisted
-    scores frame (id, features, one column per method): no pass over the forget table."""
+    them (``len(bounds[m]) + 1`` entries, the last for rows in no set).
+
+    One more pass over the forget table (id, features) that scores each row again with the
+    same model: the removal sets are defined by (score, id) against ``bounds``, so no join
+    with the written sets is needed.  The same batches give bit-identical scores; were a
+    GEMM to round a row differently on a rerun, only a row tied with a set's last row to
+    the last bit could land in the neighbouring set, which moves a statistic by one row.
+    """
     start = time.monotonic()
-    parts = wide.mapInArrow(_bucket_aggregator(methods, bounds), "method string, bucket long, stats binary")
+    cols = [F.col(ID), F.col(FEATURES)] + ([random_score(seed).alias("random")] if "random" in methods else [])
+    sc = forget.sparkSession.sparkContext
+    bc = sc.broadcast(model)
+    # Each task emits one d x d blob per (method, removal set): with 12 input partitions,
+    # 4 methods and 20 budgets at d = 384 that was 1.2 GB of pickled statistics through
+    # treeAggregate, which took most of this pass (profiled with py-spy, docs/BENCHMARKS.md).
+    # One task per core keeps the output at #cores x blobs; coalesce does not shuffle.
+    source = forget.select(*cols)
+    if source.rdd.getNumPartitions() > sc.defaultParallelism:
+        source = source.coalesce(sc.defaultParallelism)
+    parts = source.mapInArrow(_bucket_aggregator(bc, methods, bounds),
+                                            "method string, bucket long, stats binary")
 
     def decode(row: tuple[str, int, bytes]) -> dict[tuple[str, int], GaussianStats]:
         return {(row[0], int(row[1])): GaussianStats.from_flat(np.frombuffer(bytes(row[2]), np.float64), dim)}
@@ -164,5 +187,6 @@ def removal_bucket_stats(wide: DataFrame, methods: tuple[str, ...], bounds: dict
     merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, combine, combine, depth=2)
     result = {m: [merged.get((m, j), GaussianStats.empty(dim)) for j in range(len(bounds[m]) + 1)]
               for m in methods}
+    bc.unpersist()
     log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
     return result

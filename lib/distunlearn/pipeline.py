@@ -231,7 +231,7 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
         with _Stage(report.timings, "diagnostics"):
             ks = sorted({b.k for b in plan.budgets if b.k > 0})
             bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
-            buckets = removal_bucket_stats(wide, plan.methods, bounds, f_stats.dim)
+            buckets = removal_bucket_stats(forget, plan.model, plan.methods, cfg.seed, bounds, f_stats.dim)
             report.diagnostics = diagnose(f_stats, r_stats, buckets, ks, [(b.budget, b.k) for b in plan.budgets],
                                           cfg.tolerated_eps, cfg.target_alpha)
             write_diagnostics(spark, cfg, plan, report.diagnostics)

@@ -61,11 +61,13 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: t
 
 
 def check_ids(df: DataFrame, id_col: str, domain: str) -> None:
-    """Raise InputError when ids are null or repeated (one shuffle of the id column)."""
-    nulls = df.where(F.col(ID).isNull()).limit(1).count()
-    if nulls:
+    """Raise InputError when ids are null or repeated: one Spark job, one shuffle of the id
+    column (nulls form one group of their own in the aggregation)."""
+    bad = (df.groupBy(ID).count().where(F.col(ID).isNull() | (F.col("count") > 1))
+           .orderBy(F.col(ID).isNotNull()).limit(1).collect())  # a null id first, if any
+    if not bad:
+        return
+    if bad[0][ID] is None:
         raise InputError(f"id column {id_col!r} of the {domain} table has null values")
-    dup = df.groupBy(ID).count().where(F.col("count") > 1).limit(1).collect()
-    if dup:
-        raise InputError(f"id column {id_col!r} of the {domain} table has duplicate id "
-                         f"{dup[0][ID]!r} ({dup[0]['count']} rows)")
+    raise InputError(f"id column {id_col!r} of the {domain} table has duplicate id "
+                     f"{bad[0][ID]!r} ({bad[0]['count']} rows)")

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from threadpoolctl import threadpool_limits
 
-from distunlearn.batches import ArrowUdf, list_to_matrix
+from distunlearn.batches import ArrowUdf, Batch, list_to_matrix
 from distunlearn.prepare import FEATURES, ID
 from distunlearn.scoring import KERNEL_METHODS, ScoringModel
 
@@ -28,29 +28,31 @@ SCORE = "score"
 _MANTISSA = (1 << 53) - 1
 
 
-def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
-    """mapInArrow body for ``methods``: (id, features) batches -> (id, features, one column per
-    method).  The features are passed through so that the removal sets' statistics can be
-    aggregated from the persisted scores without reading the forget table again.
+def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
+                  methods: tuple[str, ...]) -> Iterator[tuple[pa.RecordBatch, Batch, dict[str, np.ndarray]]]:
+    """For each Arrow batch with ``id`` and ``features`` columns: the batch restricted to its
+    rows with valid features, their matrix, and their kernel scores (one BLAS thread).
 
     Rows with invalid features are left out (they only reach this point under
     ``on_invalid: drop``; otherwise the statistics pass has already failed the run).
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        for rb in batches:
+            batch = list_to_matrix(rb.column(FEATURES))
+            if batch.mask is not None:
+                rb = rb.filter(pa.array(batch.mask))
+            if rb.num_rows:
+                yield rb, batch, model.score(batch.x, methods)
+
+
+def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
+    """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method)."""
 
     def score_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model: ScoringModel = broadcast.value  # type: ignore[attr-defined]  # once per partition
-        with threadpool_limits(limits=1, user_api="blas"):
-            for rb in batches:
-                batch = list_to_matrix(rb.column(1))
-                ids, features = rb.column(0), rb.column(1)
-                if batch.mask is not None:
-                    keep = pa.array(batch.mask)
-                    ids, features = ids.filter(keep), features.filter(keep)
-                if len(ids) == 0:
-                    continue
-                scores = model.score(batch.x, methods)
-                cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
-                yield pa.RecordBatch.from_arrays([ids, features, *cols], names=[ID, FEATURES, *methods])
+        for rb, _, scores in score_batches(batches, model, methods):
+            cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
+            yield pa.RecordBatch.from_arrays([rb.column(ID), *cols], names=[ID, *methods])
 
     return score_partition
 
@@ -63,16 +65,19 @@ def random_score(seed: int) -> F.Column:
 def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...],
                  seed: int) -> tuple[DataFrame, DataFrame]:
     """Long-format scores DataFrame[id, method, score], one row per (forget row, method), and
-    the persisted wide frame (id, features, one column per method) it is a view of.
+    the persisted wide frame (id, one column per method) it is a view of.
 
     The wide frame is persisted so that the selection's several jobs (quantiles, range
     sampling, the sort) read the scores instead of scoring the forget table again: the
-    numpy kernel runs once per row.  The caller unpersists it when the output is written.
+    numpy kernel runs once per row for the selection.  It holds no features: at 1M x 384
+    float32 they would be 1.5 GB of cache, which overflowed the default 2 GB driver heap
+    (measured, docs/BENCHMARKS.md); the removal sets' statistics re-score instead
+    (:func:`distunlearn.aggregate.removal_bucket_stats`).  The caller unpersists it.
     """
     spark = forget.sparkSession
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
     id_type = forget.schema[ID].dataType
-    schema = T.StructType([T.StructField(ID, id_type, False), forget.schema[FEATURES]]
+    schema = T.StructType([T.StructField(ID, id_type, False)]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
     bc = spark.sparkContext.broadcast(model)
     wide = forget.select(ID, FEATURES).mapInArrow(_scorer(bc, kernel), schema)
