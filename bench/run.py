@@ -264,15 +264,22 @@ def large_dims(args: argparse.Namespace, work: Path) -> dict[str, object]:
             if kind == "lowrank":
                 extra += ["--covariance-rank", str(args.rank)]
             name = f"d{dim}-{kind}"
-            m = run_job(forget, retain, work, name, extra)
+            try:
+                m = run_job(forget, retain, work, name, extra)
+            except SystemExit as failed:  # recorded, not fatal: the page says what failed and why
+                entry[kind] = {"error": str(failed).splitlines()[0][:300], "log": str(work / f"{name}.log")}
+                print(f"  d={dim} {kind}: FAILED, see {work / f'{name}.log'}", flush=True)
+                continue
             sets[kind] = _all_sets(work / name / "removal_sets")
             diag = DeltaTable(str(work / name / "diagnostics")).to_pyarrow_table().to_pylist()
             entry[kind] = {"wall": m.wall, "timings": m.timings, "peak_mb": m.peak_mb,
                            "alpha": {f"{r['method']}@{r['budget']}": r["alpha"] for r in diag if r["method"] != "none"}}
             print(f"  d={dim} {kind}: {m.wall:.1f} s", flush=True)
         for kind in ("diagonal", "lowrank"):
-            entry[kind]["overlap_with_full"] = {  # type: ignore[index]
-                key: len(np.intersect1d(ids, sets["full"][key])) / max(1, len(ids)) for key, ids in sets[kind].items()}
+            if kind in sets and "full" in sets:
+                entry[kind]["overlap_with_full"] = {  # type: ignore[index]
+                    key: len(np.intersect1d(ids, sets["full"][key])) / max(1, len(ids))
+                    for key, ids in sets[kind].items()}
         out[str(dim)] = entry
     return out
 
@@ -395,8 +402,12 @@ def render(args: argparse.Namespace, results: dict[str, object], kept: str) -> s
         for dim, entry in ld.items():
             for kind in ("full", "diagonal", "lowrank"):
                 e = entry[kind]
+                if "error" in e:
+                    lines.append(f"| {dim} | {kind} | failed: {e['error']} | | | | | |")
+                    continue
                 ov = e.get("overlap_with_full")
-                ov_txt = "1 (reference)" if ov is None else f"{ov['maha_mu2@0.05']:.3f} / {ov['maha_mu2@0.5']:.3f}"
+                ov_txt = ("1 (reference)" if kind == "full" else "–" if ov is None
+                          else f"{ov['maha_mu2@0.05']:.3f} / {ov['maha_mu2@0.5']:.3f}")
                 lines.append(f"| {dim} | {kind} | {e['wall']:.1f} s | {e['timings']['statistics']:.1f} s | "
                              f"{e['timings']['score_select']:.1f} s | {_mem(e['peak_mb'])} | {ov_txt} | "
                              f"{e['alpha']['maha_mu2@0.1']:.4f} |")
@@ -432,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-mllib", action="store_true", help="leave out (c) (and the agreement check)")
     p.add_argument("--work", type=Path, default=REPO / "bench-data", help="data and outputs (reused across runs)")
     p.add_argument("--doc", type=Path, default=DOC, help="Markdown page to rewrite ('' to skip)")
+    p.add_argument("--sections", type=lambda s: s.split(","), default=["compare", "scaling", "large_dims"],
+                   help="comma-separated subset of compare,scaling,large_dims to (re)measure; the others are "
+                        "kept from WORK/results.json when it was made with the same sizes")
     p.add_argument("--render-only", action="store_true", help="rewrite the page from WORK/results.json")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no page; fail unless (a)=(b)=(c)")
     args = p.parse_args(argv)
@@ -444,25 +458,31 @@ def main(argv: list[str] | None = None) -> int:
     saved = args.work / "results.json"
     recorded = ("rows", "retain_rows", "dim", "repeats", "scale_rows", "scale_repeats", "large_dims",
                 "large_dim_rows", "rank")
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
     if args.render_only:
-        results = json.loads(saved.read_text())
+        results = previous
         for key in recorded:
             setattr(args, key, results["args"][key])
     else:
-        results = {"args": {key: getattr(args, key) for key in recorded}}
-        sections = [("compare", lambda: compare(args, args.work, budgets))]
-        if args.scale_rows:
-            sections.append(("scaling", lambda: scaling(args, args.work)))
-        if args.large_dims:
-            sections.append(("large_dims", lambda: large_dims(args, args.work)))
-        for name, section in sections:
-            results[name] = section()
+        run_args = {key: getattr(args, key) for key in recorded}
+        # sections not re-measured now are kept from an earlier run with the same arguments
+        results = previous if previous.get("args") == json.loads(json.dumps(run_args)) else {"args": run_args}
+        runners = {"compare": lambda: compare(args, args.work, budgets),
+                   "scaling": lambda: scaling(args, args.work),
+                   "large_dims": lambda: large_dims(args, args.work)}
+        wanted = [name for name in args.sections if name in runners]
+        if not args.scale_rows and "scaling" in wanted:
+            wanted.remove("scaling")
+        if not args.large_dims and "large_dims" in wanted:
+            wanted.remove("large_dims")
+        for name in wanted:
+            results[name] = runners[name]()
             saved.write_text(json.dumps(results, indent=1, default=str))  # partial results survive
     print(json.dumps(results.get("compare", {}).get("agreement", {}), indent=1))
     if args.doc:
         args.doc.write_text(render(args, results, _kept_section(args.doc)))
         print(f"wrote {args.doc}")
-    agree = results["compare"].get("agreement", {"agree": True})["agree"]
+    agree = results.get("compare", {}).get("agreement", {"agree": True})["agree"]
     return 0 if agree else 1
 
 

@@ -94,12 +94,14 @@ def test_diagnostics_table_matches_numpy_on_the_edited_data(diagnosed):
         edited = np.vstack([xr, xf[keep]])
         alpha, eps = kl_reference(xf, edited), kl_reference(xr, edited)
         assert row.kappa == pytest.approx(kappa, rel=1e-9)
-        assert row.alpha == pytest.approx(alpha, rel=1e-8, abs=1e-12), (row.method, row.budget)
-        assert row.eps == pytest.approx(eps, rel=1e-8, abs=1e-12), (row.method, row.budget)
+        # The removal sets' statistics use float32 products (GaussianStats.from_array,
+        # products=np.float32): ~1e-7 relative on these KLs, measured; 1e-6 leaves margin.
+        assert row.alpha == pytest.approx(alpha, rel=1e-6, abs=1e-12), (row.method, row.budget)
+        assert row.eps == pytest.approx(eps, rel=1e-6, abs=1e-12), (row.method, row.budget)
         front = max(0.0, math.sqrt(alpha) - math.sqrt(kappa)) ** 2
-        assert row.frontier_eps == pytest.approx(front, rel=1e-8, abs=1e-12)
-        assert row.frontier_gap == pytest.approx(eps - front, rel=1e-8, abs=1e-12)
-        assert row.unlearned == pytest.approx((alpha - alpha0) / (kappa - alpha0), rel=1e-8)
+        assert row.frontier_eps == pytest.approx(front, rel=1e-6, abs=1e-12)
+        assert row.frontier_gap == pytest.approx(eps - front, rel=1e-6, abs=1e-10)
+        assert row.unlearned == pytest.approx((alpha - alpha0) / (kappa - alpha0), rel=1e-6)
         checked += 1
     assert checked == 3 * 4
     full = diag[(diag.budget == 1.0)]

@@ -70,6 +70,19 @@ def test_from_array_float32_input_is_accumulated_in_float64() -> None:
     np.testing.assert_allclose(s.q4, ref["q4"], rtol=1e-10)
 
 
+def test_from_array_float32_products_round_to_single_precision_only() -> None:
+    """products=float32 (the removal sets' diagnostics): float64 mean, results within single
+    precision of the exact moments, even for rows offset by 1e3 (centred before the cast)."""
+    x = np.random.default_rng(4).normal(size=(5000, 6)) * 2.0 + 1e3
+    s = GaussianStats.from_array(x, products=np.float32)
+    ref = reference_moments(x)
+    assert s.m2.dtype == np.float64
+    np.testing.assert_allclose(s.mean, x.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(s.m2, ref["m2"], rtol=1e-5, atol=1e-5 * np.abs(ref["m2"]).max())
+    np.testing.assert_allclose(s.q4, ref["q4"], rtol=1e-5)
+    assert not np.array_equal(s.m2, ref["m2"])  # the float32 path was taken
+
+
 def test_from_array_empty_is_zero() -> None:
     """Zero rows: n = 0 and all moments zero in the right shapes."""
     s = GaussianStats.from_array(np.empty((0, 3)))

@@ -218,7 +218,7 @@ def check_outputs(spark: SparkSession, cfg: JobConfig, forget: DataFrame) -> Non
 def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan: Plan, f_stats: GaussianStats,
                     r_stats: GaussianStats, report: RunReport) -> None:
     """Score, select and write the run's removal_sets rows (after :func:`check_outputs`), then
-    the diagnostics of every removal set, computed from the persisted scores."""
+    the diagnostics of every removal set (one more pass over the forget table)."""
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     with _Stage(report.timings, "score_select"):
         scores, wide = score_forget(forget, plan.model, plan.methods, cfg.seed)
