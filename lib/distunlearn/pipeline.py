@@ -28,7 +28,7 @@ from distunlearn.errors import InputError
 from distunlearn.prepare import check_ids, normalize
 from distunlearn.score import score_forget
 from distunlearn.scoring import ScoringModel, validate_methods
-from distunlearn.select import select_removal_sets
+from distunlearn.select import select_removal_sets, sort_partitions
 from distunlearn.stats import GaussianStats
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,8 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     with _Stage(report.timings, "score_select"):
         scores, wide = score_forget(forget, plan.model, plan.methods, cfg.seed)
-        selection = select_removal_sets(scores, plan.budgets, f_stats.n, cfg.shuffle_partitions)
+        partitions = sort_partitions(f_stats.n, len(plan.methods), cfg.shuffle_partitions)
+        selection = select_removal_sets(scores, plan.budgets, f_stats.n, partitions)
     try:
         out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
             "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score")

@@ -40,6 +40,15 @@ RANK = "rank"
 _PID, _POS = "_pid", "_pos"
 _PRUNE_ACCURACY = 10_000
 _PRUNE_MARGIN = 0.01
+_ROWS_PER_SORT_PARTITION = 1_000_000
+
+
+def sort_partitions(n: int, methods: int, minimum: int) -> int:
+    """Partitions of the selection's sort: ``minimum`` (the shuffle partitions), or more so that
+    none holds more than ~1M of the n x methods score rows.  At 10M forget rows x 4 methods
+    in 8 partitions, the sort feeding the cache could not get memory with the default 2 GB
+    driver heap (UNABLE_TO_ACQUIRE_MEMORY; docs/BENCHMARKS.md)."""
+    return max(minimum, -(-n * methods // _ROWS_PER_SORT_PARTITION))
 
 
 @dataclass(frozen=True)
