@@ -15,7 +15,6 @@ OUT_DIR/result.json (timings), OUT_DIR/stats.npz and the Delta table OUT_DIR/rem
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -41,12 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from distunlearn.score import random_score
     from distunlearn.session import get_session
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("forget")
-    parser.add_argument("retain")
-    parser.add_argument("out")
-    parser.add_argument("--budgets", type=float, nargs="+", required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = reference.contender_args(__doc__)
     parser.add_argument("--driver-memory", default=JobConfig.driver_memory)
     args = parser.parse_args(argv)
     out = Path(args.out)

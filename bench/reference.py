@@ -15,6 +15,7 @@ within-domain covariance (m2_forget + m2_retain) / (n_forget + n_retain).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,3 +128,14 @@ def top_k_order(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
         part = np.arange(len(scores))
     order = part[np.lexsort((ids[part], -scores[part]))]
     return order[:k]
+
+
+def contender_args(doc: str) -> argparse.ArgumentParser:
+    """Command line shared by the contenders (b) and (c): FORGET RETAIN OUT --budgets ... [--seed]."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("forget")
+    parser.add_argument("retain")
+    parser.add_argument("out")
+    parser.add_argument("--budgets", type=float, nargs="+", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser

@@ -19,7 +19,6 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy is imported
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -59,13 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from distunlearn.diagnostics import diagnose
     from distunlearn.stats import GaussianStats
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("forget")
-    parser.add_argument("retain")
-    parser.add_argument("out")
-    parser.add_argument("--budgets", type=float, nargs="+", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = reference.contender_args(__doc__).parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -27,6 +27,13 @@ METHOD = "method"
 SCORE = "score"
 _MANTISSA = (1 << 53) - 1
 
+#: Storage level of the job's intermediate frames (scores, the sorted ranking).  DISK_ONLY:
+#: cached blocks streamed to local disk, never unrolled in the heap.  With MEMORY_AND_DISK
+#: the 10M-row run died with "OutOfMemoryError: Java heap space" inside the MemoryStore's
+#: unroll in the default 2 GB driver heap (local mode: the executors' heap too); the frames
+#: are read a few times each, sequentially, from the page cache (docs/BENCHMARKS.md).
+SCRATCH = StorageLevel.DISK_ONLY
+
 
 def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
                   methods: tuple[str, ...]) -> Iterator[tuple[pa.RecordBatch, Batch, dict[str, np.ndarray]]]:
@@ -83,5 +90,5 @@ def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     wide = forget.select(ID, FEATURES).mapInArrow(_scorer(bc, kernel), schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
-    wide = wide.persist(StorageLevel.MEMORY_AND_DISK)
+    wide = wide.persist(SCRATCH)
     return wide.unpivot([ID], list(methods), METHOD, SCORE), wide

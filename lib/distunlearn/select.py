@@ -25,14 +25,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from distunlearn.budgets import Budget
 from distunlearn.prepare import ID
-from distunlearn.score import METHOD, SCORE
+from distunlearn.score import METHOD, SCORE, SCRATCH
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def rank_scores(scores: DataFrame, k_max: int, n: int, partitions: int) -> tuple
                .sortWithinPartitions(METHOD, F.desc(SCORE), F.asc(ID))
                .withColumn(_PID, F.spark_partition_id())
                .withColumn(_POS, F.monotonically_increasing_id())
-               .persist(StorageLevel.MEMORY_AND_DISK))
+               .persist(SCRATCH))
     blocks = (ordered.groupBy(_PID, METHOD).agg(F.count(F.lit(1)).alias("n"), F.min(_POS).alias("first"))
               .collect())
     offsets: list[tuple[int, str, int]] = []
@@ -124,7 +123,7 @@ def select_removal_sets(scores: DataFrame, budgets: list[Budget], n: int, partit
         ranked, ordered = scores.limit(0).withColumn(RANK, F.lit(0).cast("long")), scores.limit(0)
     else:
         ranked, ordered = rank_scores(scores, k_max, n, partitions)
-    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+    ranked = ranked.persist(SCRATCH)
     budget_df = spark.createDataFrame([(b.budget, b.count, b.k) for b in budgets],
                                       "budget double, budget_count long, k long")
     rows = (ranked.join(F.broadcast(budget_df), F.col(RANK) <= F.col("k"))
