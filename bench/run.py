@@ -412,7 +412,8 @@ def render(args: argparse.Namespace, results: dict[str, object], kept: str) -> s
             for kind in ("full", "diagonal", "lowrank"):
                 e = entry[kind]
                 if "error" in e:
-                    lines.append(f"| {dim} | {kind} | failed: {e['error']} | | | | | |")
+                    lines.append(f"| {dim} | {kind} | failed ({e['error'].split(':')[0]}; log: "
+                                 f"`{Path(e['log']).name}`) | | | | | |")
                     continue
                 ov = e.get("overlap_with_full")
                 ov_txt = ("1 (reference)" if kind == "full" else "–" if ov is None
