@@ -240,3 +240,14 @@ def test_numpy_kernel_scores_each_forget_row_once(spark, gaussian, tmp_path, mon
     monkeypatch.setattr(score, "_scorer", counting)
     run_pipeline(spark, make_config(tmp_path, f, r, budgets=budgets))
     assert rows.value == len(xf)
+
+
+def test_sort_partitions_cap_rows_per_partition():
+    """The selection's sort: the shuffle partitions, or enough that none holds more than ~1M
+    score rows (n x methods), rounded up; the 10M x 4 run needed 40 (docs/BENCHMARKS.md)."""
+    from distunlearn.select import sort_partitions
+
+    assert sort_partitions(1_000_000, 4, 8) == 8
+    assert sort_partitions(10_000_000, 4, 8) == 40
+    assert sort_partitions(2_000_001, 1, 2) == 3
+    assert sort_partitions(10, 4, 4) == 4
