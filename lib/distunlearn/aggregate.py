@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark import Broadcast
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from threadpoolctl import threadpool_limits
@@ -151,13 +152,13 @@ def _bucket_aggregator(broadcast: object, methods: tuple[str, ...],
     return partition
 
 
-def removal_bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...], seed: int,
+def removal_bucket_stats(forget: DataFrame, model: Broadcast[ScoringModel], methods: tuple[str, ...], seed: int,
                          bounds: dict[str, list[tuple[float, object]]], dim: int) -> dict[str, list[GaussianStats]]:
     """Per method, statistics of the forget rows grouped by the smallest removal set that holds
     them (``len(bounds[m]) + 1`` entries, the last for rows in no set).
 
     One more pass over the forget table (id, features) that scores each row again with the
-    same model: the removal sets are defined by (score, id) against ``bounds``, so no join
+    same broadcast model: the removal sets are defined by (score, id) against ``bounds``, so no join
     with the written sets is needed.  The same batches give bit-identical scores; were a
     GEMM to round a row differently on a rerun, only a row tied with a set's last row to
     the last bit could land in the neighbouring set, which moves a statistic by one row.
@@ -165,7 +166,6 @@ def removal_bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[
     start = time.monotonic()
     cols = [F.col(ID), F.col(FEATURES)] + ([random_score(seed).alias("random")] if "random" in methods else [])
     sc = forget.sparkSession.sparkContext
-    bc = sc.broadcast(model)
     # Each task emits one d x d blob per (method, removal set): with 12 input partitions,
     # 4 methods and 20 budgets at d = 384 that was 1.2 GB of pickled statistics through
     # treeAggregate, which took most of this pass (profiled with py-spy, docs/BENCHMARKS.md).
@@ -173,8 +173,7 @@ def removal_bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[
     source = forget.select(*cols)
     if source.rdd.getNumPartitions() > sc.defaultParallelism:
         source = source.coalesce(sc.defaultParallelism)
-    parts = source.mapInArrow(_bucket_aggregator(bc, methods, bounds),
-                                            "method string, bucket long, stats binary")
+    parts = source.mapInArrow(_bucket_aggregator(model, methods, bounds), "method string, bucket long, stats binary")
 
     def decode(row: tuple[str, int, bytes]) -> dict[tuple[str, int], GaussianStats]:
         return {(row[0], int(row[1])): GaussianStats.from_flat(np.frombuffer(bytes(row[2]), np.float64), dim)}
@@ -190,6 +189,5 @@ def removal_bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[
     merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, combine, combine, depth=2)
     result = {m: [merged.get((m, j), GaussianStats.empty(dim)) for j in range(len(bounds[m]) + 1)]
               for m in methods}
-    bc.unpersist()
     log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
     return result

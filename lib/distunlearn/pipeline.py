@@ -220,8 +220,9 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
     """Score, select and write the run's removal_sets rows (after :func:`check_outputs`), then
     the diagnostics of every removal set (one more pass over the forget table)."""
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
+    model = spark.sparkContext.broadcast(plan.model)  # once: scoring and the diagnostics pass
     with _Stage(report.timings, "score_select"):
-        scores, wide = score_forget(forget, plan.model, plan.methods, cfg.seed)
+        scores, wide = score_forget(forget, model, plan.methods, cfg.seed)
         partitions = sort_partitions(f_stats.n, len(plan.methods), cfg.shuffle_partitions)
         selection = select_removal_sets(scores, plan.budgets, f_stats.n, partitions)
     try:
@@ -232,13 +233,14 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
         with _Stage(report.timings, "diagnostics"):
             ks = sorted({b.k for b in plan.budgets if b.k > 0})
             bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
-            buckets = removal_bucket_stats(forget, plan.model, plan.methods, cfg.seed, bounds, f_stats.dim)
+            buckets = removal_bucket_stats(forget, model, plan.methods, cfg.seed, bounds, f_stats.dim)
             report.diagnostics = diagnose(f_stats, r_stats, buckets, ks, [(b.budget, b.k) for b in plan.budgets],
                                           cfg.tolerated_eps, cfg.target_alpha)
             write_diagnostics(spark, cfg, plan, report.diagnostics)
     finally:
         selection.release()
         wide.unpersist()
+        model.unpersist()
     report.summary = [{"method": m, "budget": b.budget, "budget_count": b.count, "k": b.k,
                        "threshold": selection.threshold(m, b.k)} for m in plan.methods for b in plan.budgets]
 

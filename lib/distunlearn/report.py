@@ -90,7 +90,7 @@ def _sample_scores(spark: SparkSession, run: dict[str, Any], run_cfg: JobConfig,
     from distunlearn.score import METHOD, SCORE, score_forget
 
     f_stats, r_stats = load_statistics(spark, run_cfg, run["stats_run_id"] or run_cfg.run_id)
-    model = build_model(run_cfg, f_stats, r_stats)
+    model = spark.sparkContext.broadcast(build_model(run_cfg, f_stats, r_stats))
     out: dict[str, dict[str, np.ndarray]] = {}
     for domain, source, n in (("forget", run["forget_source"], f_stats.n), ("retain", run["retain_source"], r_stats.n)):
         df = normalize(io.read_source(spark, source, domain), run_cfg.id_col, run_cfg.feature_col, domain)
@@ -102,6 +102,7 @@ def _sample_scores(spark: SparkSession, run: dict[str, Any], run_cfg: JobConfig,
         finally:
             wide.unpersist()
         out[domain] = {m: np.array([r[SCORE] for r in collected if r[METHOD] == m]) for m in run_cfg.methods}
+    model.unpersist()
     return out
 
 

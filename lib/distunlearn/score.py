@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark import StorageLevel
+from pyspark import Broadcast, StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -69,7 +69,7 @@ def random_score(seed: int) -> F.Column:
     return (F.xxhash64(F.lit(seed), F.col(ID)).bitwiseAND(F.lit(_MANTISSA)) / float(1 << 53)).cast("double")
 
 
-def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...],
+def score_forget(forget: DataFrame, model: Broadcast[ScoringModel], methods: tuple[str, ...],
                  seed: int) -> tuple[DataFrame, DataFrame]:
     """Long-format scores DataFrame[id, method, score], one row per (forget row, method), and
     the persisted wide frame (id, one column per method) it is a view of.
@@ -79,15 +79,14 @@ def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     numpy kernel runs once per row for the selection.  It holds no features: at 1M x 384
     float32 they would be 1.5 GB of cache, which overflowed the default 2 GB driver heap
     (measured, docs/BENCHMARKS.md); the removal sets' statistics re-score instead
-    (:func:`distunlearn.aggregate.removal_bucket_stats`).  The caller unpersists it.
+    (:func:`distunlearn.aggregate.removal_bucket_stats`).  The caller unpersists it, and
+    owns ``model``, the broadcast model (one broadcast serves every pass of a run).
     """
-    spark = forget.sparkSession
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
     id_type = forget.schema[ID].dataType
     schema = T.StructType([T.StructField(ID, id_type, False)]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
-    bc = spark.sparkContext.broadcast(model)
-    wide = forget.select(ID, FEATURES).mapInArrow(_scorer(bc, kernel), schema)
+    wide = forget.select(ID, FEATURES).mapInArrow(_scorer(model, kernel), schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
     wide = wide.persist(SCRATCH)
