@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from distunlearn import __version__
 from distunlearn.config import JobConfig, add_arguments, from_args
-from distunlearn.errors import DistUnlearnError
+from distunlearn.errors import CheckFailed, DistUnlearnError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -42,8 +42,14 @@ subcommands:
          held-out rows (evaluation, evaluation_summary); --forget/--retain default to the run's
   report  write one self-contained HTML page of a run's evidence (--html FILE)
   demo   generate seeded Gaussian demo tables and run the job on them
+  apply  apply one removal set (--run-id, --method, --budget) to --table: delete in place
+         (MERGE, idempotent, conservation checked) or --mode copy --target DST
+  verify exit 0 only when none of the removal set's ids is readable in --table (--as-of V)
+  undo   RESTORE --table to the version before the removal set's apply
+  purge  REORG TABLE ... APPLY (PURGE) and VACUUM --table: physically remove deleted rows
 
-exit status: 0 success, 2 bad input or configuration (one-line message), 1 other failure.
+exit status: 0 success, 2 bad input or configuration (one-line message), 3 a data check
+failed (verify found removed ids, conservation broken), 1 other failure.
 """
 
 
@@ -57,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distunlearn", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distunlearn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,stats,score,evaluate,report,demo}")
+    commands = "run,stats,score,evaluate,report,demo,apply,verify,undo,purge"
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + commands + "}")
     helps = {
         "run": "statistics, scoring and selection; writes statistics, removal_sets and runs",
         "stats": "compute and store the forget and retain statistics",
@@ -66,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                     "held-out rows; writes evaluation and evaluation_summary",
         "report": "write a self-contained HTML page with the run's figures and tables",
         "demo": "generate seeded Gaussian demo data (low and high separability) and run on it",
+        "apply": "apply one removal set to --table: MERGE ... DELETE in place (idempotent) or a "
+                 "cleaned copy (--mode copy --target)",
+        "verify": "check that none of a removal set's ids is readable in --table (exit 3 otherwise)",
+        "undo": "RESTORE --table to the version before a removal set's apply",
+        "purge": "physically remove deleted rows of --table: REORG ... APPLY (PURGE), then VACUUM",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -99,6 +111,28 @@ def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> 
     return 0
 
 
+#: The cleaning subcommands and their required options.
+CLEANING = {
+    "apply": ("output", "run_id", "method", "budget", "table"),
+    "verify": ("output", "run_id", "method", "budget", "table"),
+    "undo": ("output", "run_id", "method", "budget", "table"),
+    "purge": ("table",),
+}
+
+
+def _run_cleaning(spark: SparkSession, cfg: JobConfig, command: str) -> int:
+    from distunlearn import apply
+
+    run = {"apply": apply.apply_removal, "verify": apply.verify_removal, "undo": apply.undo_removal,
+           "purge": apply.purge}[command]
+    outcome = run(spark, cfg)
+    print(outcome.line())
+    if outcome.action == "verify" and outcome.readable:
+        raise CheckFailed(f"{outcome.readable} of the removed ids are readable in {outcome.table!r} at "
+                          f"version {outcome.table_version}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
     """Parse, configure, run one subcommand.  ``launch=False`` under spark-submit."""
     args = _parser().parse_args(argv)
@@ -110,6 +144,8 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
             cfg = dataclasses.replace(cfg, run_id=cfg.run_id or "demo").check(required=("output",))
         elif args.command in ("evaluate", "report"):  # the sources default to those the run recorded
             cfg = cfg.check(required=("output", "run_id"))
+        elif args.command in CLEANING:
+            cfg = cfg.check(required=CLEANING[args.command])
         else:
             cfg = cfg.check()
         from distunlearn import evaluate, pipeline
@@ -123,6 +159,8 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
                 "evaluate": evaluate.run_evaluation}
             if args.command == "demo":
                 return _run_demo(spark, cfg, args)
+            if args.command in CLEANING:
+                return _run_cleaning(spark, cfg, args.command)
             if args.command == "report":
                 from distunlearn.report import write_report
 
@@ -135,6 +173,9 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
         finally:
             if launch:
                 spark.stop()
+    except CheckFailed as exc:
+        print(f"distunlearn: error: {exc}", file=sys.stderr)
+        return 3
     except DistUnlearnError as exc:
         print(f"distunlearn: error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from distunlearn.scoring import COSINE_CENTERS, COVARIANCE_SOURCES, DEFAULT_METH
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INVALID_POLICIES = ("fail", "drop")
+APPLY_MODES = ("delete", "copy")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -82,6 +83,9 @@ class JobConfig:
                              "and full removal)")
     stats_run_id: str = _f("", "score with the statistics stored under this run id instead of "
                                "computing them (score subcommand; empty: this run's own)")
+    incremental: bool = _f(True, "when both tables are Delta tables that only gained rows since the last "
+                           "succeeded run over the same sources (runs ledger), read only the new rows and "
+                           "merge their statistics with that run's; --no-incremental recomputes in full")
     # --- evaluation (evaluate subcommand)
     label_col: str = _f("", "evaluate: integer class column in both tables (e.g. a digit; the forget "
                         "class is the forget table's most frequent label) for a multinomial classifier; "
@@ -92,6 +96,27 @@ class JobConfig:
                                          "(empty: every budget of the run)")
     eval_reg_param: float = _f(1e-3, "evaluate: L2 regularisation (regParam) of the logistic regression")
     eval_max_iter: int = _f(100, "evaluate: maximum L-BFGS iterations of the logistic regression")
+    # --- apply, verify, undo, purge (nightly cleaning of a source table)
+    table: str = _f("", "apply/verify/undo/purge: the table to clean (a Delta path or catalog table; "
+                        "copy mode also reads Parquet); its id column is --id-col")
+    method: str = _f("", "apply/verify/undo: the method of the removal set", choices=METHODS)
+    budget: float = _f(0.0, "apply/verify/undo: the budget of the removal set, as stored in "
+                            "removal_sets.budget (a fraction; for a --budget-counts budget, k / n_forget)")
+    mode: str = _f("delete", "apply: 'delete' rows in place (MERGE ... WHEN MATCHED THEN DELETE) or "
+                             "'copy' the table without them to --target", choices=APPLY_MODES)
+    target: str = _f("", "apply --mode copy: path of the cleaned copy (a Delta table, replaced "
+                         "by each apply)")
+    enable_deletion_vectors: bool = _f(False, "apply: turn on deletion vectors on the table first "
+                                       "(a protocol upgrade: readers without table features, e.g. "
+                                       "older Delta clients, can no longer read it)")
+    as_of: int = _f(-1, "verify: table version to check (-1: the latest)")
+    force: bool = _f(False, "undo: restore even when other commits changed the table after the "
+                            "apply (they are reverted too)")
+    retention_hours: float = _f(168.0, "purge: VACUUM retention in hours; files a reader or an undo "
+                                "could still need are kept this long")
+    ignore_retention_check: bool = _f(False, "purge: allow a retention below Delta's safety minimum "
+                                      "(delta.deletedFileRetentionDuration, 7 days by default); "
+                                      "makes undo impossible and can break running readers")
     # --- report (report subcommand)
     html: str = _f("", "report: path of the HTML page to write (default: <output>/report-<run_id>.html)")
     report_sample_rows: int = _f(5000, "report: rows sampled from each table for the score histograms")
@@ -122,7 +147,7 @@ class JobConfig:
         for name in ("covariance_rank", "shuffle_partitions", "arrow_batch_size", "report_sample_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("ridge", "tolerated_eps", "target_alpha"):
+        for name in ("ridge", "tolerated_eps", "target_alpha", "retention_hours"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.holdout_fraction < 1:
@@ -133,7 +158,7 @@ class JobConfig:
             values = value if isinstance(value, tuple) else (value,)
             label = f.name[:-1] if isinstance(value, tuple) else f.name  # "methods" -> "method"
             for v in values if choices else ():
-                if v not in choices:
+                if v not in choices and v != "":  # "" : not given (method, outside apply)
                     raise ConfigError(f"unknown {label} {v!r}; choose from {', '.join(choices)}")
         return self
 

@@ -17,3 +17,11 @@ class ConfigError(DistUnlearnError):
 
 class EnvironmentSetupError(DistUnlearnError):
     """The runtime is not set up: Delta jars missing or unreachable, wrong interpreter."""
+
+
+class ConflictError(DistUnlearnError):
+    """A concurrent writer won: nothing of this command landed; running it again is safe."""
+
+
+class CheckFailed(DistUnlearnError):
+    """A check of the data failed (removed ids still readable, conservation broken): exit 3."""

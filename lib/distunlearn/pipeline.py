@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from distunlearn import io
+from distunlearn import incremental, io
 from distunlearn.aggregate import DomainStats, compute_stats, removal_bucket_stats
-from distunlearn.batches import check_dims
+from distunlearn.batches import InputCounts, check_dims
 from distunlearn.budgets import Budget, budget_label, resolve_budgets
 from distunlearn.config import JobConfig
 from distunlearn.diagnostics import Diagnostics, diagnose
 from distunlearn.errors import InputError
+from distunlearn.incremental import Input
 from distunlearn.prepare import check_ids, normalize
 from distunlearn.score import score_forget
 from distunlearn.scoring import ScoringModel, validate_methods
@@ -51,7 +54,9 @@ _RUNS_SCHEMA = (
     "forget_source string, retain_source string, stats_run_id string, n_forget long, "
     "n_retain long, dim int, covariance string, shrinkage double, timings map<string,double>, "
     "summary array<struct<method:string, budget:double, budget_count:long, k:long, "
-    "threshold:double>>"
+    "threshold:double>>, forget_version long, retain_version long, statistics_mode string, "
+    "base_run_id string, statistics_note string, stats_sha256 string, config_sha256 string, "
+    "outputs map<string,long>, error string"
 )
 
 
@@ -69,6 +74,13 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
     summary: list[dict[str, object]] = field(default_factory=list)
     diagnostics: Diagnostics | None = None
+    # --- the run ledger (runs table)
+    inputs: dict[str, Input] = field(default_factory=dict)
+    statistics_mode: str = ""  # "full" or "incremental"
+    base_run_id: str | None = None  # incremental: the run whose statistics were merged
+    statistics_note: str = ""  # full: why not incremental; incremental: rows added
+    stats_sha256: str | None = None
+    outputs: dict[str, int] = field(default_factory=dict)  # table -> Delta version written
 
     def table(self) -> str:
         """The summary as aligned text: one line per budget, k, then the score threshold (the
@@ -129,28 +141,77 @@ class _Stage:
             log.info("stage %s done in %.1f s", self.name, self.timings[self.name])
 
 
-def read_inputs(spark: SparkSession, cfg: JobConfig) -> tuple[DataFrame, DataFrame]:
-    """Both tables as DataFrame[id, features], with id checks (InputError on failure)."""
-    forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
-    retain = normalize(io.read_source(spark, cfg.retain, "retain"), cfg.id_col, cfg.feature_col, "retain")
+def read_inputs(spark: SparkSession, cfg: JobConfig, report: RunReport) -> tuple[DataFrame, DataFrame]:
+    """Both tables as DataFrame[id, features], with id checks (InputError on failure).  Delta
+    tables are read at their current version, recorded in ``report.inputs`` (the ledger)."""
+    frames = []
+    for domain, source in (("forget", cfg.forget), ("retain", cfg.retain)):
+        version = io.delta_version(spark, source)
+        report.inputs[domain] = Input(domain, source, version)
+        frames.append(normalize(io.read_source(spark, source, domain, version), cfg.id_col, cfg.feature_col, domain))
+    forget, retain = frames
     check_ids(forget, cfg.id_col, "forget")
     if cfg.check_retain_ids:
         check_ids(retain, cfg.id_col, "retain")
     return forget, retain
 
 
-def compute_statistics(forget: DataFrame, retain: DataFrame, cfg: JobConfig) -> tuple[DomainStats, DomainStats]:
-    """One distributed pass over each table; raises InputError for unusable features."""
-    f = compute_stats(forget, "forget", cfg.feature_col, cfg.on_invalid)
-    r = compute_stats(retain, "retain", cfg.feature_col, cfg.on_invalid)
+def compute_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame, cfg: JobConfig,
+                       report: RunReport) -> tuple[DomainStats, DomainStats]:
+    """The statistics of both tables: merged from the last run's and the new rows' when the
+    inputs only gained rows (:mod:`distunlearn.incremental`), else one distributed pass over
+    each table.  Raises InputError for unusable features."""
+    base, reason = incremental.find_base(spark, cfg, report.inputs) if report.inputs else (None, "")
+    if base is None:
+        if reason:
+            log.info("statistics: full pass (%s)", reason)
+        report.statistics_mode, report.statistics_note = "full", reason
+        f = compute_stats(forget, "forget", cfg.feature_col, cfg.on_invalid)
+        r = compute_stats(retain, "retain", cfg.feature_col, cfg.on_invalid)
+    else:
+        f, r = (_incremental_stats(spark, cfg, base, domain, df) for domain, df in (("forget", forget),
+                                                                                     ("retain", retain)))
+        report.statistics_mode, report.base_run_id = "incremental", base.run_id
+        report.statistics_note = ", ".join(f"{d}: {len(files)} new files" for d, files in base.new_files.items())
     check_dims(f.stats.dim, r.stats.dim, cfg.feature_col)
     if r.stats.n < 2:
         raise InputError(f"the retain table has {r.stats.n} usable row; at least 2 are needed "
                          "for a covariance")
+    report.stats_sha256 = stats_digest(f.stats, r.stats)
     return f, r
 
 
-def write_statistics(spark: SparkSession, cfg: JobConfig, forget: DomainStats, retain: DomainStats) -> None:
+def _incremental_stats(spark: SparkSession, cfg: JobConfig, base: incremental.Base, domain: str,
+                       table: DataFrame) -> DomainStats:
+    """The base run's statistics of ``domain`` merged with those of the rows added since."""
+    stored = load_domain_stats(spark, cfg, base.run_id)[domain]
+    files = base.new_files[domain]
+    log.info("statistics of %s: run %s's (version %d, %d rows) + %d new files", domain, base.run_id,
+             base.versions[domain], stored.counts.rows, len(files))
+    if not files:
+        return stored
+    raw = io.read_source(spark, cfg.forget if domain == "forget" else cfg.retain, domain)
+    new = normalize(incremental.read_new_rows(spark, raw, files, [cfg.id_col, cfg.feature_col]), cfg.id_col,
+                    cfg.feature_col, domain)
+    added = compute_stats(new, domain, cfg.feature_col, cfg.on_invalid)
+    check_dims(stored.stats.dim, added.stats.dim, cfg.feature_col)
+    return DomainStats(stored.stats.merge(added.stats), stored.counts.merge(added.counts))
+
+
+
+def stats_digest(forget: GaussianStats, retain: GaussianStats) -> str:
+    """sha256 of both domains' statistics (float64 bytes): names them in apply's commits."""
+    h = hashlib.sha256()
+    for s in (forget, retain):
+        h.update(s.to_flat().tobytes())
+    return h.hexdigest()
+
+
+def config_digest(cfg: JobConfig) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def write_statistics(spark: SparkSession, cfg: JobConfig, forget: DomainStats, retain: DomainStats) -> int:
     now = dt.datetime.now(dt.timezone.utc)
     rows = []
     for domain, ds, source in (("forget", forget, cfg.forget), ("retain", retain, cfg.retain)):
@@ -158,16 +219,29 @@ def write_statistics(spark: SparkSession, cfg: JobConfig, forget: DomainStats, r
         rows.append((cfg.run_id, domain, s.n, s.dim, s.mean.tolist(), s.m2.ravel().tolist(),
                      s.t3.tolist(), float(s.q4), ds.counts.rows, ds.counts.nonfinite, source, now))
     df = spark.createDataFrame(rows, _STATS_SCHEMA)
-    io.replace_run(df, io.table_path(cfg.output, io.STATISTICS), cfg.run_id)
+    return io.replace_run(df, io.table_path(cfg.output, io.STATISTICS), cfg.run_id)
 
 
-def load_statistics(spark: SparkSession, cfg: JobConfig, run_id: str) -> tuple[GaussianStats, GaussianStats]:
-    """The forget and retain statistics stored for ``run_id`` (InputError if absent)."""
+def load_domain_stats(spark: SparkSession, cfg: JobConfig, run_id: str) -> dict[str, DomainStats]:
+    """The forget and retain statistics stored for ``run_id``, with their row counts
+    (InputError if absent)."""
     rows = {r["domain"]: r for r in io.read_run(spark, io.table_path(cfg.output, io.STATISTICS), run_id).collect()}
     missing = [d for d in ("forget", "retain") if d not in rows]
     if missing:
         raise InputError(f"no {missing[0]} statistics stored for run {run_id!r} under {cfg.output!r}")
-    return tuple(GaussianStats.from_dict(rows[d].asDict()) for d in ("forget", "retain"))  # type: ignore[return-value]
+    out = {}
+    for domain, row in rows.items():
+        stats = GaussianStats.from_dict(row.asDict())
+        counts = InputCounts(rows=int(row["rows"]), nonfinite=int(row["dropped_nonfinite"]), min_len=stats.dim,
+                             max_len=stats.dim)
+        out[domain] = DomainStats(stats, counts)
+    return out
+
+
+def load_statistics(spark: SparkSession, cfg: JobConfig, run_id: str) -> tuple[GaussianStats, GaussianStats]:
+    """The forget and retain statistics stored for ``run_id`` (InputError if absent)."""
+    stored = load_domain_stats(spark, cfg, run_id)
+    return stored["forget"].stats, stored["retain"].stats
 
 
 @dataclass(frozen=True)
@@ -229,14 +303,14 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
         out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
             "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score")
         with _Stage(report.timings, "write_removal_sets"):
-            io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
+            report.outputs[io.REMOVAL_SETS] = io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
         with _Stage(report.timings, "diagnostics"):
             ks = sorted({b.k for b in plan.budgets if b.k > 0})
             bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
             buckets = removal_bucket_stats(forget, model, plan.methods, cfg.seed, bounds, f_stats.dim)
             report.diagnostics = diagnose(f_stats, r_stats, buckets, ks, [(b.budget, b.k) for b in plan.budgets],
                                           cfg.tolerated_eps, cfg.target_alpha)
-            write_diagnostics(spark, cfg, plan, report.diagnostics)
+            report.outputs.update(write_diagnostics(spark, cfg, plan, report.diagnostics))
     finally:
         selection.release()
         wide.unpersist()
@@ -245,9 +319,9 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
                        "threshold": selection.threshold(m, b.k)} for m in plan.methods for b in plan.budgets]
 
 
-def write_diagnostics(spark: SparkSession, cfg: JobConfig, plan: Plan, diag: Diagnostics) -> None:
+def write_diagnostics(spark: SparkSession, cfg: JobConfig, plan: Plan, diag: Diagnostics) -> dict[str, int]:
     """The diagnostics table (one row per method and budget, and a no-removal row with method
-    "none") and the calibration table (one row per method)."""
+    "none") and the calibration table (one row per method); returns their versions."""
     base = diag.baseline
     rows: list[tuple[object, ...]] = [(cfg.run_id, "none", 0.0, None, 0, diag.kappa, base.alpha, base.eps,
                                        base.frontier_eps, base.frontier_gap, 0.0)]
@@ -256,23 +330,45 @@ def write_diagnostics(spark: SparkSession, cfg: JobConfig, plan: Plan, diag: Dia
             p = diag.points[(m, b.k)]
             rows.append((cfg.run_id, m, b.budget, b.count, b.k, diag.kappa, p.alpha, p.eps, p.frontier_eps,
                          p.frontier_gap, p.unlearned))
-    io.replace_run(spark.createDataFrame(rows, _DIAGNOSTICS_SCHEMA), io.table_path(cfg.output, io.DIAGNOSTICS),
-                   cfg.run_id)
+    versions = {io.DIAGNOSTICS: io.replace_run(spark.createDataFrame(rows, _DIAGNOSTICS_SCHEMA),
+                                               io.table_path(cfg.output, io.DIAGNOSTICS), cfg.run_id)}
     calibration = [(cfg.run_id, m, diag.kappa, diag.tolerated_eps, diag.alpha_max, diag.target_alpha,
                     diag.budget_for_target[m]) for m in plan.methods]
-    io.replace_run(spark.createDataFrame(calibration, _CALIBRATION_SCHEMA),
-                   io.table_path(cfg.output, io.CALIBRATION), cfg.run_id)
+    versions[io.CALIBRATION] = io.replace_run(spark.createDataFrame(calibration, _CALIBRATION_SCHEMA),
+                                              io.table_path(cfg.output, io.CALIBRATION), cfg.run_id)
+    return versions
 
 
 def write_run_row(spark: SparkSession, cfg: JobConfig, report: RunReport, started: dt.datetime,
-                  status: str) -> None:
+                  status: str, error: str | None = None) -> None:
+    """The run's row of the ledger: "running" before its first write, then "succeeded" (or
+    "failed" with the error) after its last.  A row left "running" is a run that died."""
+    f_in, r_in = report.inputs.get("forget"), report.inputs.get("retain")
     row = (cfg.run_id, status, started, dt.datetime.now(dt.timezone.utc),
            json.dumps(dataclasses.asdict(cfg), sort_keys=True), cfg.forget, cfg.retain,
            cfg.stats_run_id or cfg.run_id, report.n_forget, report.n_retain, report.dim,
            report.covariance, float(report.shrinkage), dict(report.timings),
-           [(r["method"], r["budget"], r["budget_count"], r["k"], r["threshold"]) for r in report.summary])
+           [(r["method"], r["budget"], r["budget_count"], r["k"], r["threshold"]) for r in report.summary],
+           f_in.version if f_in else None, r_in.version if r_in else None, report.statistics_mode or None,
+           report.base_run_id, report.statistics_note or None, report.stats_sha256, config_digest(cfg),
+           dict(report.outputs), error)
     io.replace_run(spark.createDataFrame([row], _RUNS_SCHEMA), io.table_path(cfg.output, io.RUNS),
-                   cfg.run_id, partition_by=())
+                   cfg.run_id, partition_by=(), merge_schema=True)
+
+
+def _ledgered(spark: SparkSession, cfg: JobConfig, report: RunReport, started: dt.datetime,
+              writes: Callable[[], None]) -> None:
+    """Run ``writes`` between a "running" and a "succeeded" ledger row ("failed" on error)."""
+    write_run_row(spark, cfg, report, started, "running")
+    try:
+        writes()
+    except Exception as exc:
+        try:
+            write_run_row(spark, cfg, report, started, "failed", f"{type(exc).__name__}: {exc}"[:1000])
+        except Exception:  # the ledger write itself failed: keep the original error
+            log.exception("could not record the failure of run %s in the ledger", cfg.run_id)
+        raise
+    write_run_row(spark, cfg, report, started, "succeeded")
 
 
 def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
@@ -280,9 +376,9 @@ def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
     cfg.check()
     report = RunReport(cfg.run_id)
     with _Stage(report.timings, "read_check"):
-        forget, retain = read_inputs(spark, cfg)
+        forget, retain = read_inputs(spark, cfg, report)
     with _Stage(report.timings, "statistics"):
-        f, r = compute_statistics(forget, retain, cfg)
+        f, r = compute_statistics(spark, forget, retain, cfg, report)
     report.n_forget, report.n_retain, report.dim = f.stats.n, r.stats.n, f.stats.dim
     check_outputs(spark, cfg, forget)  # a later score of this run must be able to write
     with _Stage(report.timings, "write_statistics"):
@@ -296,13 +392,14 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport(cfg.run_id)
     f_stats, r_stats = load_statistics(spark, cfg, cfg.stats_run_id or cfg.run_id)
+    report.stats_sha256 = stats_digest(f_stats, r_stats)
     plan = make_plan(cfg, f_stats, r_stats, report)
     with _Stage(report.timings, "read_check"):
         forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
         check_ids(forget, cfg.id_col, "forget")
     check_outputs(spark, cfg, forget)
-    score_and_write(spark, cfg, forget, plan, f_stats, r_stats, report)
-    write_run_row(spark, cfg, report, started, "succeeded")
+    _ledgered(spark, cfg, report, started,
+              lambda: score_and_write(spark, cfg, forget, plan, f_stats, r_stats, report))
     return report
 
 
@@ -312,13 +409,16 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport(cfg.run_id)
     with _Stage(report.timings, "read_check"):
-        forget, retain = read_inputs(spark, cfg)
+        forget, retain = read_inputs(spark, cfg, report)
     with _Stage(report.timings, "statistics"):
-        f, r = compute_statistics(forget, retain, cfg)
+        f, r = compute_statistics(spark, forget, retain, cfg, report)
     plan = make_plan(cfg, f.stats, r.stats, report)
     check_outputs(spark, cfg, forget)  # last check before the first write
-    with _Stage(report.timings, "write_statistics"):
-        write_statistics(spark, cfg, f, r)
-    score_and_write(spark, cfg, forget, plan, f.stats, r.stats, report)
-    write_run_row(spark, cfg, report, started, "succeeded")
+
+    def writes() -> None:
+        with _Stage(report.timings, "write_statistics"):
+            report.outputs[io.STATISTICS] = write_statistics(spark, cfg, f, r)
+        score_and_write(spark, cfg, forget, plan, f.stats, r.stats, report)
+
+    _ledgered(spark, cfg, report, started, writes)
     return report

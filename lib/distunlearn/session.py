@@ -45,6 +45,10 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.showConsoleProgress": "false",
+        # Delta 4.0.1 + Spark 4.0.1: DML on tables with deletion vectors can fail with
+        # FIELD_NOT_FOUND `row_index` in _metadata (after a RESTORE, or on delta-rs tables);
+        # Delta's own row-index column works (tests/test_apply.py covers it).
+        "spark.databricks.delta.deletionVectors.useMetadataRowIndex": "false",
     }
     for key, value in WORKER_ENV.items():
         conf[f"spark.executorEnv.{key}"] = value

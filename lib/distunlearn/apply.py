@@ -1,0 +1,470 @@
+"""Nightly cleaning: apply one removal set to a source table, verify it, undo it, purge it.
+
+A removal set is the rows of ``removal_sets`` for one (run_id, method, budget) of a
+succeeded run.  Four operations act on the table being cleaned (``--table``):
+
+``apply --mode delete``
+    ``MERGE INTO table USING removal_set ON id WHEN MATCHED THEN DELETE``: one Delta commit.
+    With deletion vectors on (``--enable-deletion-vectors``, or already on), the rows are
+    only marked deleted and ``purge`` removes them physically later.
+``apply --mode copy --target DST``
+    the table without the removal set, written to DST (replaced by each apply).
+``verify``
+    counts the removed ids that a reader of the table (at a version) can still read.
+``undo``
+    ``RESTORE`` to the version before the apply.
+``purge``
+    ``REORG TABLE ... APPLY (PURGE)`` (rewrites files carrying deletion vectors), then
+    ``VACUUM`` with Delta's retention check.
+
+Idempotency, in two layers.  Every commit carries ``userMetadata`` (JSON: the tool, the
+action, the key ``distunlearn-apply/<run>/<method>/<budget>``, k, and hashes of the run's
+statistics and config), so the table's own history says which removal sets are applied.
+(1) Before writing, apply reads that history: when the key's last event is an apply, it
+does nothing and reports that commit.  (2) The write itself sets Delta's idempotent-write
+pair ``txnAppId`` = key and ``txnVersion`` = 1 + the version of the key's last undo (0 if
+none): Delta drops a second commit with the same pair, so two retries racing past the
+history check still delete once, and an apply after an undo gets a higher txnVersion and
+goes through.
+
+Conservation is checked on every commit from Delta's own numbers: rows before (the version
+the commit replaced), rows removed (the MERGE's ``numTargetRowsDeleted``), rows after;
+``before == after + removed`` or the command fails.
+
+Every apply, undo and verify is also appended to the ``applies`` table under ``--output``
+(the operator's log; the table history stays the source of truth).
+
+Upstream note: Delta 4.0.1 on Spark 4.0.1 fails DML on tables with deletion vectors with
+``FIELD_NOT_FOUND row_index`` (no such field in ``_metadata``) in some states (seen after a
+RESTORE, and on tables created by delta-rs).  The session turns off
+``spark.databricks.delta.deletionVectors.useMetadataRowIndex`` (see ``session.py``), which
+makes Delta compute row indexes itself; tests cover apply, undo and apply again with
+deletion vectors on a delta-rs table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.utils import AnalysisException
+
+from distunlearn import io
+from distunlearn.config import JobConfig
+from distunlearn.errors import CheckFailed, ConfigError, ConflictError, InputError
+
+log = logging.getLogger(__name__)
+
+TOOL = "distunlearn"
+#: Operations that rewrite files without changing rows: an undo may restore across them.
+ROW_PRESERVING = frozenset({"OPTIMIZE", "REORG", "VACUUM START", "VACUUM END"})
+_APPLIES_SCHEMA = (
+    "run_id string, method string, budget double, k long, action string, outcome string, "
+    "table string, target string, mode string, table_version long, rows_before long, "
+    "rows_removed long, rows_after long, readable long, at timestamp"
+)
+_TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+_TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+@dataclass(frozen=True)
+class RemovalSet:
+    run_id: str
+    method: str
+    budget: float
+    k: int
+    ids: DataFrame  # one column, ``id``
+    stats_sha256: str | None
+    config_sha256: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{TOOL}-apply/{self.run_id}/{self.method}/{self.budget!r}"
+
+    def metadata(self, action: str, **extra: Any) -> str:
+        return json.dumps({"tool": TOOL, "action": action, "key": self.key, "run_id": self.run_id,
+                           "method": self.method, "budget": self.budget, "k": self.k,
+                           "stats_sha256": self.stats_sha256, "config_sha256": self.config_sha256, **extra},
+                          sort_keys=True)
+
+
+@dataclass
+class Outcome:
+    """What one operation did (printed by the CLI, appended to ``applies``)."""
+
+    action: str
+    outcome: str  # committed, already_applied, already_undone, verified, readable
+    table: str
+    table_version: int
+    rows_before: int | None = None
+    rows_removed: int | None = None
+    rows_after: int | None = None
+    readable: int | None = None
+    note: str = ""
+
+    def line(self) -> str:
+        counts = ""
+        if self.rows_before is not None:
+            counts = f"; rows before {self.rows_before} = after {self.rows_after} + removed {self.rows_removed}"
+        if self.readable is not None:
+            counts += f"; removed ids readable: {self.readable}"
+        return f"{self.action} {self.outcome}: {self.table} at version {self.table_version}{counts}" + (
+            f" ({self.note})" if self.note else "")
+
+
+# ----------------------------------------------------------------------------- inputs
+def load_removal_set(spark: SparkSession, cfg: JobConfig) -> RemovalSet:
+    """The ids of (run_id, method, budget), checked: the run succeeded and the set has k rows."""
+    runs = io.read_run(spark, io.table_path(cfg.output, io.RUNS), cfg.run_id).collect()
+    if not runs or runs[0]["status"] != "succeeded":
+        state = runs[0]["status"] if runs else "no row"
+        raise InputError(f"run {cfg.run_id!r} under {cfg.output!r} is not a succeeded run ({state} in runs)")
+    run = runs[0].asDict()
+    rows = io.read_run(spark, io.table_path(cfg.output, io.REMOVAL_SETS), cfg.run_id).where(
+        (F.col("method") == cfg.method) & (F.col("budget") == F.lit(cfg.budget).cast("double")))
+    n, k = rows.agg(F.count("*"), F.max("k")).first()  # one job: the size and the recorded k
+    if n == 0:
+        stored = sorted({(r["method"], r["budget"]) for r in io.read_run(
+            spark, io.table_path(cfg.output, io.REMOVAL_SETS), cfg.run_id).select("method", "budget").collect()})
+        raise InputError(f"run {cfg.run_id!r} has no removal set for method {cfg.method!r} and budget "
+                         f"{cfg.budget!r}; it has: {', '.join(f'{m} {b!r}' for m, b in stored[:12]) or 'none'}")
+    ids = rows.select("id")
+    if n != k:
+        raise CheckFailed(f"removal set {cfg.method} {cfg.budget!r} of run {cfg.run_id!r} has {n} rows, "
+                          f"its k is {k}: the removal_sets table is damaged")
+    return RemovalSet(cfg.run_id, cfg.method, float(cfg.budget), int(k), ids,
+                      run.get("stats_sha256"), run.get("config_sha256"))
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Delta table to clean: its handle, a name for messages, and how SQL names it."""
+
+    name: str
+    sql: str
+    handle: Any  # delta.tables.DeltaTable
+
+    def version(self) -> int:
+        return int(self.handle.history(1).select("version").first()[0])
+
+    def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
+        if self.sql.startswith("delta.`"):
+            reader = spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            return reader.load(self.name)
+        suffix = "" if version is None else f" VERSION AS OF {version}"
+        return spark.sql(f"SELECT * FROM {self.sql}{suffix}")
+
+    def history(self) -> list[dict[str, Any]]:
+        """Commits, oldest first, with ``userMetadata`` parsed when it is this tool's JSON."""
+        out = []
+        for r in self.handle.history().select("version", "operation", "operationMetrics", "userMetadata").collect():
+            meta = None
+            try:
+                parsed = json.loads(r["userMetadata"]) if r["userMetadata"] else None
+                meta = parsed if isinstance(parsed, dict) and parsed.get("tool") == TOOL else None
+            except ValueError:
+                pass
+            out.append({"version": int(r["version"]), "operation": r["operation"],
+                        "metrics": dict(r["operationMetrics"] or {}), "meta": meta})
+        return sorted(out, key=lambda c: c["version"])
+
+
+def open_delta(spark: SparkSession, source: str, what: str = "table") -> Table:
+    """The Delta table at a path or catalog name (InputError otherwise)."""
+    from delta.tables import DeltaTable
+
+    if io._is_path(source):
+        if not DeltaTable.isDeltaTable(spark, source):
+            raise InputError(f"{what} {source!r} is not a Delta table (apply --mode delete, undo and purge "
+                             "need one; --mode copy also reads Parquet)")
+        return Table(source, f"delta.`{source}`", DeltaTable.forPath(spark, source))
+    try:
+        return Table(source, source, DeltaTable.forName(spark, source))
+    except AnalysisException as exc:
+        raise InputError(f"{what} {source!r} is not a Delta table in the catalog "
+                         f"({str(exc).splitlines()[0][:160]})") from exc
+
+
+def _id_column(df: DataFrame, cfg: JobConfig, what: str) -> str:
+    """The table's id column, checked against the removal set's id type (long or string)."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if cfg.id_col not in fields:
+        raise InputError(f"{what} has no id column {cfg.id_col!r} (columns: {', '.join(fields)}); pass --id-col")
+    stored = io.removal_id_type(df.sparkSession, cfg.output)
+    mine = fields[cfg.id_col]
+    integral = (T.LongType, T.IntegerType, T.ShortType, T.ByteType)
+    if not ((isinstance(mine, T.StringType) and isinstance(stored, T.StringType))
+            or (isinstance(mine, integral) and isinstance(stored, integral))):
+        raise InputError(f"id column {cfg.id_col!r} of {what} is {mine.simpleString()}, the removal sets store "
+                         f"{stored.simpleString()} ids")
+    return cfg.id_col
+
+
+def _events(table: Table, key: str) -> list[dict[str, Any]]:
+    return [c for c in table.history() if c["meta"] and c["meta"].get("key") == key]
+
+
+def _last_action(events: list[dict[str, Any]], actions: tuple[str, ...]) -> dict[str, Any] | None:
+    hits = [e for e in events if e["meta"].get("action") in actions]
+    return hits[-1] if hits else None
+
+
+def _current_apply(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The commit of the key's apply when that is its last event (not undone), else None."""
+    last = _last_action(events, ("apply", "undo"))
+    return last if last is not None and last["meta"]["action"] == "apply" else None
+
+
+def _txn_version(events: list[dict[str, Any]]) -> int:
+    """1 + the version of the key's last undo: constant across retries, larger after an undo."""
+    undo = _last_action(events, ("undo",))
+    return 1 + (undo["version"] if undo else 0)
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set SQL settings for one block, then restore what was there."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+# ----------------------------------------------------------------------------- apply
+def apply_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
+    """Apply the removal set (``cfg.mode``); idempotent; checks conservation."""
+    if cfg.mode == "copy" and not cfg.target:
+        raise ConfigError("apply --mode copy needs --target (the path of the cleaned copy)")
+    rs = load_removal_set(spark, cfg)
+    outcome = _apply_copy(spark, cfg, rs) if cfg.mode == "copy" else _apply_delete(spark, cfg, rs)
+    log.info("%s", outcome.line())
+    record(spark, cfg, rs, outcome)
+    return outcome
+
+
+def _conservation(before: int, removed: int, after: int, where: str) -> None:
+    if before != after + removed:
+        raise CheckFailed(f"conservation broken on {where}: rows before {before} != after {after} + "
+                          f"removed {removed}")
+    log.info("conservation on %s: rows before %d = after %d + removed %d", where, before, after, removed)
+
+
+def _apply_delete(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
+    table = open_delta(spark, cfg.table)
+    id_col = _id_column(table.read(spark), cfg, f"table {cfg.table!r}")
+    events = _events(table, rs.key)
+    done = _current_apply(events)
+    if done is None:
+        if cfg.enable_deletion_vectors:
+            spark.sql(f"ALTER TABLE {table.sql} SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
+        settings = {_TXN_APP_ID: rs.key, _TXN_VERSION: str(_txn_version(events)),
+                    _USER_METADATA: rs.metadata("apply", mode="delete")}
+        log.info("applying %s (k = %d) to %s with MERGE ... DELETE", rs.key, rs.k, table.name)
+        outcome = "committed"
+        try:
+            with session_conf(spark, settings):
+                (table.handle.alias("t").merge(rs.ids.alias("r"), f"t.`{id_col}` = r.id")
+                 .whenMatchedDelete().execute())
+        except Exception as exc:
+            if io.delta_conflict(exc) is None:
+                raise
+            log.warning("apply of %s met a concurrent commit (%s); reading the table history",
+                        rs.key, type(exc).__name__)
+            if not _current_apply(_events(table, rs.key)):
+                raise ConflictError(f"apply of {rs.key} to {table.name!r} conflicted with a concurrent commit "
+                                    "and did not land; run it again") from exc
+            outcome = "already_applied"  # the concurrent commit was this removal set's
+        fresh = _current_apply(_events(table, rs.key))
+        if fresh is None:  # Delta dropped the commit (txn pair seen) yet no apply is in the history
+            raise CheckFailed(f"apply of {rs.key} to {table.name!r} left no commit: Delta reports "
+                              f"transaction {settings[_TXN_VERSION]} as done but the history has no apply")
+        commit = fresh
+    else:
+        commit, outcome = done, "already_applied"
+    version = commit["version"]
+    removed = int(commit["metrics"].get("numTargetRowsDeleted", 0))
+    before, after = table.read(spark, version - 1).count(), table.read(spark, version).count()
+    _conservation(before, removed, after, f"{table.name} version {version}")
+    if removed != rs.k:
+        log.warning("%d of the %d ids of %s were in %s (the others were not there)", removed, rs.k, rs.key,
+                    table.name)
+    return Outcome("apply", outcome, table.name, version, before, removed, after,
+                   note="" if outcome == "committed" else "applied before; nothing written")
+
+
+def _apply_copy(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
+    from delta.tables import DeltaTable
+
+    source = io.read_source(spark, cfg.table, "table")
+    id_col = _id_column(source, cfg, f"table {cfg.table!r}")
+    existing = open_delta(spark, cfg.target, "target") if DeltaTable.isDeltaTable(spark, cfg.target) else None
+    events = _events(existing, rs.key) if existing else []
+    done = _last_action(events, ("apply",))
+    if done is None:
+        ids = rs.ids.withColumnRenamed("id", "__removed_id")
+        cleaned = source.join(ids, source[id_col] == ids["__removed_id"], "left_anti")
+        before = source.count()
+        removed = source.join(ids, source[id_col] == ids["__removed_id"], "left_semi").count()
+        writer = (cleaned.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+                  .option("txnAppId", rs.key).option("txnVersion", _txn_version(events))
+                  .option("userMetadata", rs.metadata("apply", mode="copy", source=cfg.table,
+                                                      rows_before=before, rows_removed=removed)))
+        parts = _partition_columns(spark, cfg.table)
+        if parts:
+            writer = writer.partitionBy(*parts)
+        log.info("writing %s without %s (k = %d) to %s", cfg.table, rs.key, rs.k, cfg.target)
+        writer.save(cfg.target)
+        done = _last_action(_events(open_delta(spark, cfg.target, "target"), rs.key), ("apply",))
+        assert done is not None, "the copy's commit carries the key"
+        outcome = "committed"
+    else:
+        outcome = "already_applied"
+    meta = done["meta"]
+    after = spark.read.format("delta").option("versionAsOf", done["version"]).load(cfg.target).count()
+    _conservation(int(meta["rows_before"]), int(meta["rows_removed"]), after, f"{cfg.target} version {done['version']}")
+    return Outcome("apply", outcome, cfg.target, done["version"], int(meta["rows_before"]),
+                   int(meta["rows_removed"]), after, note=f"copy of {cfg.table}")
+
+
+def _partition_columns(spark: SparkSession, source: str) -> list[str]:
+    from delta.tables import DeltaTable
+
+    if io._is_path(source) and not DeltaTable.isDeltaTable(spark, source):
+        return []
+    try:
+        ref = f"delta.`{source}`" if io._is_path(source) else source
+        return list(spark.sql(f"DESCRIBE DETAIL {ref}").first()["partitionColumns"])
+    except AnalysisException:
+        return []
+
+
+# ----------------------------------------------------------------------------- verify
+def verify_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
+    """Count the removal set's ids readable in the table (copy mode: the target) at ``as_of``."""
+    rs = load_removal_set(spark, cfg)
+    where = cfg.target if cfg.mode == "copy" else cfg.table
+    if not where:
+        raise ConfigError("verify --mode copy needs --target")
+    table = open_delta(spark, where)
+    version = table.version() if cfg.as_of < 0 else cfg.as_of
+    try:
+        df = table.read(spark, version)
+    except AnalysisException as exc:
+        raise InputError(f"{where!r} has no readable version {version} ({str(exc).splitlines()[0][:160]})") from exc
+    id_col = _id_column(df, cfg, f"table {where!r}")
+    readable = df.join(rs.ids, df[id_col] == rs.ids["id"], "left_semi").count()
+    out = Outcome("verify", "verified" if readable == 0 else "readable", where, version, readable=readable)
+    applied = _last_action(_events(table, rs.key), ("apply", "undo"))
+    if applied is not None and applied["meta"]["action"] == "apply" and cfg.mode == "delete":
+        out.note = _time_travel_note(spark, table, applied["version"] - 1, rs, id_col)
+    log.info("%s", out.line())
+    record(spark, cfg, rs, out)
+    return out
+
+
+def _time_travel_note(spark: SparkSession, table: Table, before: int, rs: RemovalSet, id_col: str) -> str:
+    """Whether the rows can still be read by time travel to the version before the apply."""
+    try:
+        old = table.read(spark, before)
+        n = old.join(rs.ids, old[id_col] == rs.ids["id"], "left_semi").count()
+    except Exception as exc:  # files vacuumed, or the log entry expired
+        return f"version {before} is no longer readable ({type(exc).__name__}): the rows are purged"
+    return (f"time travel to version {before} still reads {n} of them until purge and VACUUM remove "
+            "the old files")
+
+
+# ----------------------------------------------------------------------------- undo
+def undo_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
+    """RESTORE the table to the version before the key's last apply."""
+    if cfg.mode == "copy":
+        raise ConfigError("undo is for --mode delete: a copy left the source table untouched; "
+                          "drop or overwrite the target instead")
+    rs = load_removal_set(spark, cfg)
+    table = open_delta(spark, cfg.table)
+    history = table.history()
+    last = _last_action([c for c in history if c["meta"] and c["meta"].get("key") == rs.key], ("apply", "undo"))
+    if last is None:
+        raise InputError(f"{table.name!r} has no apply of {rs.key} in its history (nothing to undo)")
+    if last["meta"]["action"] == "undo":
+        out = Outcome("undo", "already_undone", table.name, last["version"], note="undone before; nothing written")
+    else:
+        applied = last["version"]
+        later = [c for c in history if c["version"] > applied and c["operation"] not in ROW_PRESERVING]
+        if later and not cfg.force:
+            c = later[0]
+            raise InputError(f"{table.name!r} changed after the apply at version {applied}: version "
+                             f"{c['version']} ({c['operation']}); restoring version {applied - 1} would revert "
+                             "it too (pass --force to restore anyway)")
+        log.info("restoring %s to version %d (before the apply of %s)", table.name, applied - 1, rs.key)
+        try:
+            with session_conf(spark, {_USER_METADATA: rs.metadata("undo", restored_version=applied - 1)}):
+                table.handle.restoreToVersion(applied - 1)
+        except Exception as exc:
+            text = str(exc)
+            if "DELTA_CANNOT_RESTORE" in text or "FileNotFound" in text or "missing" in text.lower():
+                raise InputError(f"cannot undo: data files of {table.name!r} version {applied - 1} were "
+                                 f"removed by VACUUM ({text.splitlines()[0][:160]})") from exc
+            raise
+        done = _last_action(_events(table, rs.key), ("undo",))
+        assert done is not None
+        out = Outcome("undo", "committed", table.name, done["version"])
+    before = table.read(spark, out.table_version - 1).count()
+    after = table.read(spark, out.table_version).count()
+    out.rows_before, out.rows_after, out.rows_removed = before, after, before - after
+    log.info("%s", out.line())
+    record(spark, cfg, rs, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- purge
+def purge(spark: SparkSession, cfg: JobConfig) -> Outcome:
+    """Physically remove deleted rows: REORG ... APPLY (PURGE), then VACUUM."""
+    table = open_delta(spark, cfg.table)
+    meta = json.dumps({"tool": TOOL, "action": "purge", "retention_hours": cfg.retention_hours})
+    with session_conf(spark, {_USER_METADATA: meta}):
+        spark.sql(f"REORG TABLE {table.sql} APPLY (PURGE)")
+    check = {} if not cfg.ignore_retention_check else {
+        "spark.databricks.delta.retentionDurationCheck.enabled": "false"}
+    try:
+        with session_conf(spark, check):
+            spark.sql(f"VACUUM {table.sql} RETAIN {cfg.retention_hours:g} HOURS")
+    except Exception as exc:
+        if "retentionDurationCheck" in str(exc) or "DELTA_VACUUM_RETENTION" in str(exc):
+            raise ConfigError(f"VACUUM retention {cfg.retention_hours:g} h is below the table's "
+                              "delta.deletedFileRetentionDuration; readers and undo may still need those "
+                              "files (pass --ignore-retention-check to override)") from exc
+        raise
+    end = [c for c in table.history() if c["operation"] == "VACUUM END"]
+    deleted = end[-1]["metrics"].get("numDeletedFiles", "?") if end else "?"
+    out = Outcome("purge", "committed", table.name, table.version(),
+                  note=f"{deleted} files deleted, retention {cfg.retention_hours:g} h")
+    log.info("%s", out.line())
+    return out
+
+
+# ----------------------------------------------------------------------------- ledger
+def record(spark: SparkSession, cfg: JobConfig, rs: RemovalSet, out: Outcome) -> None:
+    """Append one row to the ``applies`` table under ``--output``."""
+    row = (rs.run_id, rs.method, rs.budget, rs.k, out.action, out.outcome, cfg.table, cfg.target or None,
+           cfg.mode, out.table_version, out.rows_before, out.rows_removed, out.rows_after, out.readable,
+           dt.datetime.now(dt.timezone.utc))
+    (spark.createDataFrame([row], _APPLIES_SCHEMA).write.format("delta").mode("append")
+     .save(io.table_path(cfg.output, io.APPLIES)))

@@ -1,0 +1,239 @@
+"""apply / verify / undo / purge on real Delta tables written by another client (delta-rs,
+the ``deltalake`` package), read back with delta-rs.  References: the removal set read from
+``removal_sets`` with delta-rs, and set arithmetic on the ids written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import gaussian_tables, make_config, read_delta
+from distunlearn import apply
+from distunlearn.cli import main
+from distunlearn.config import JobConfig
+from distunlearn.errors import ConfigError, InputError
+from distunlearn.pipeline import run_pipeline
+
+N_FORGET, N_RETAIN = 120, 300
+
+
+@pytest.fixture(scope="module")
+def run(spark, tmp_path_factory):
+    """One succeeded run (two methods, two budgets) over small Gaussian tables."""
+    root = tmp_path_factory.mktemp("apply")
+    f, r, *_ = gaussian_tables(spark, root, n_forget=N_FORGET, n_retain=N_RETAIN, dim=4)
+    cfg = make_config(root, f, r, methods=("lr_gauss", "random"), budgets=(0.1, 0.25), run_id="night1")
+    run_pipeline(spark, cfg)
+    return cfg, read_delta(Path(cfg.output) / "removal_sets")
+
+
+def corpus(path: Path) -> str:
+    """The table to clean: every forget and retain id with a payload, written by delta-rs."""
+    from deltalake import write_deltalake
+
+    ids = np.concatenate([np.arange(N_FORGET), np.arange(10_000, 10_000 + N_RETAIN)])
+    write_deltalake(str(path), pd.DataFrame({"id": ids, "text": [f"doc {i}" for i in ids]}))
+    return str(path)
+
+
+def removal_ids(sets: pd.DataFrame, method: str, budget: float) -> set[int]:
+    return set(sets[(sets.method == method) & (sets.budget == budget)]["id"])
+
+
+def cleaning(cfg: JobConfig, table: str, method: str = "lr_gauss", budget: float = 0.1, **kw: object) -> JobConfig:
+    return dataclasses.replace(cfg, table=table, method=method, budget=budget, **kw)
+
+
+def history(path: str) -> list[dict]:
+    from deltalake import DeltaTable
+
+    return sorted(DeltaTable(path).history(), key=lambda c: c["version"])
+
+
+def test_apply_deletes_exactly_the_set_once(spark, run, tmp_path):
+    cfg, sets = run
+    src = corpus(tmp_path / "corpus")
+    c = cleaning(cfg, src)
+    out = apply.apply_removal(spark, c)
+    gone = removal_ids(sets, "lr_gauss", 0.1)
+    assert len(gone) == 12
+    left = set(read_delta(src)["id"])
+    assert left == (set(range(N_FORGET)) | set(range(10_000, 10_000 + N_RETAIN))) - gone
+    assert (out.outcome, out.rows_before, out.rows_removed, out.rows_after) == ("committed", 420, 12, 408)
+    commit = history(src)[-1]
+    assert commit["operation"] == "MERGE" and commit["version"] == out.table_version == 1
+    meta = json.loads(commit["userMetadata"])
+    assert (meta["action"], meta["run_id"], meta["method"], meta["budget"], meta["k"]) == (
+        "apply", "night1", "lr_gauss", 0.1, 12)
+    assert len(meta["stats_sha256"]) == 64 and len(meta["config_sha256"]) == 64
+    # A retry: nothing written, same counts reported.
+    again = apply.apply_removal(spark, c)
+    assert (again.outcome, again.table_version, again.rows_removed) == ("already_applied", 1, 12)
+    assert len(history(src)) == 2 and len(read_delta(src)) == 408
+    log = read_delta(Path(cfg.output) / "applies")
+    assert sorted(log["outcome"]) == ["already_applied", "committed"]
+    # Another budget of the same run is another key: it applies on top (the 25 % set contains
+    # the 10 % one, so 30 - 12 rows more go).
+    more = apply.apply_removal(spark, cleaning(cfg, src, budget=0.25))
+    assert (more.rows_before, more.rows_removed, more.rows_after) == (408, 18, 390)
+
+
+def test_delta_drops_a_retry_that_races_past_the_history_check(spark, run, tmp_path, monkeypatch):
+    """Second layer: the history check is bypassed once (as when two retries read the history
+    before either commits); Delta's txnAppId/txnVersion still keeps the second MERGE out."""
+    cfg, sets = run
+    src = corpus(tmp_path / "corpus")
+    c = cleaning(cfg, src, method="random")
+    first = apply.apply_removal(spark, c)
+    real = apply._current_apply
+    calls = {"n": 0}
+
+    def blind_once(events):
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(events)
+
+    monkeypatch.setattr(apply, "_current_apply", blind_once)
+    second = apply.apply_removal(spark, c)
+    assert calls["n"] >= 2
+    assert second.table_version == first.table_version  # no new commit: Delta dropped the MERGE
+    assert [h["operation"] for h in history(src)] == ["WRITE", "MERGE"]
+    assert len(read_delta(src)) == 420 - len(removal_ids(sets, "random", 0.1))
+
+
+def test_verify_undo_and_apply_again_with_deletion_vectors(spark, run, tmp_path):
+    """With deletion vectors on, delta-rs 1.x can no longer read the table (that is why they
+    are opt-in): the rows are read back with Spark here, the history with delta-rs."""
+    cfg, sets = run
+    src = corpus(tmp_path / "corpus")
+    c = cleaning(cfg, src, enable_deletion_vectors=True)
+    gone = removal_ids(sets, "lr_gauss", 0.1)
+
+    def ids() -> set[int]:
+        return {r[0] for r in spark.read.format("delta").load(src).select("id").collect()}
+
+    everything = ids()
+    applied = apply.apply_removal(spark, c)
+    assert ids() == everything - gone
+    assert json.loads(history(src)[-1]["operationMetrics"].get("numDeletionVectorsAdded", "1") or "1") >= 1
+    ok = apply.verify_removal(spark, c)
+    assert ok.readable == 0 and "time travel to version 1 still reads 12" in ok.note
+    undone = apply.undo_removal(spark, c)
+    assert undone.outcome == "committed" and ids() == everything
+    assert (undone.rows_before, undone.rows_after) == (408, 420)
+    assert apply.undo_removal(spark, c).outcome == "already_undone"
+    assert apply.verify_removal(spark, c).readable == 12
+    # verify as of the applied version still finds none
+    assert apply.verify_removal(spark, dataclasses.replace(c, as_of=applied.table_version)).readable == 0
+    again = apply.apply_removal(spark, c)
+    assert again.outcome == "committed" and again.table_version > undone.table_version
+    assert ids() == everything - gone
+    actions = [json.loads(h["userMetadata"])["action"] for h in history(src) if h.get("userMetadata")]
+    assert actions == ["apply", "undo", "apply"]
+
+
+def test_purge_removes_the_rows_from_every_file_and_undo_then_refuses(spark, run, tmp_path):
+    cfg, sets = run
+    src = corpus(tmp_path / "corpus")
+    c = cleaning(cfg, src, enable_deletion_vectors=True)
+    apply.apply_removal(spark, c)
+    gone = removal_ids(sets, "lr_gauss", 0.1)
+
+    def ids_in_files() -> set[int]:
+        return {int(i) for f in Path(src).rglob("*.parquet") for i in pq.read_table(f, columns=["id"])["id"]}
+
+    assert gone <= ids_in_files()  # deletion vectors: the rows are still in the files
+    with pytest.raises(ConfigError, match="below the table's delta.deletedFileRetentionDuration"):
+        apply.purge(spark, dataclasses.replace(c, retention_hours=0))
+    apply.purge(spark, dataclasses.replace(c, retention_hours=0, ignore_retention_check=True))
+    assert ids_in_files().isdisjoint(gone) and len(ids_in_files()) == 408
+    assert apply.verify_removal(spark, c).note.endswith("the rows are purged")
+    with pytest.raises(InputError, match="cannot undo: data files .* were removed by VACUUM"):
+        apply.undo_removal(spark, c)
+
+
+def test_undo_refuses_when_the_table_changed_after_the_apply(spark, run, tmp_path):
+    from deltalake import write_deltalake
+
+    cfg, _ = run
+    src = corpus(tmp_path / "corpus")
+    c = cleaning(cfg, src)
+    apply.apply_removal(spark, c)
+    write_deltalake(src, pd.DataFrame({"id": [99_999], "text": ["late"]}), mode="append")
+    with pytest.raises(InputError, match=r"changed after the apply at version 1: version 2 \(WRITE\)"):
+        apply.undo_removal(spark, c)
+    assert len(read_delta(src)) == 409
+    apply.undo_removal(spark, dataclasses.replace(c, force=True))
+    assert len(read_delta(src)) == 420  # the late row is reverted too: that is what --force says
+
+
+def test_copy_mode_leaves_the_source_and_writes_the_cleaned_copy(spark, run, tmp_path):
+    cfg, sets = run
+    src = corpus(tmp_path / "corpus")
+    c = cleaning(cfg, src, budget=0.25, mode="copy", target=str(tmp_path / "clean"))
+    out = apply.apply_removal(spark, c)
+    gone = removal_ids(sets, "lr_gauss", 0.25)
+    assert set(read_delta(c.target)["id"]) == set(read_delta(src)["id"]) - gone
+    assert len(read_delta(src)) == 420
+    assert (out.rows_before, out.rows_removed, out.rows_after) == (420, 30, 390)
+    assert apply.apply_removal(spark, c).outcome == "already_applied"
+    assert apply.verify_removal(spark, c).readable == 0
+    with pytest.raises(ConfigError, match="undo is for --mode delete"):
+        apply.undo_removal(spark, c)
+
+
+def test_catalog_table_with_int_ids(spark, run, tmp_path):
+    cfg, sets = run
+    pdf = read_delta(corpus(tmp_path / "corpus"))
+    spark.createDataFrame(pdf.astype({"id": "int32"})).write.format("delta").saveAsTable("corpus_int")
+    try:
+        out = apply.apply_removal(spark, cleaning(cfg, "corpus_int"))
+        assert out.rows_removed == 12
+        left = {r[0] for r in spark.table("corpus_int").select("id").collect()}
+        assert left == set(pdf["id"]) - removal_ids(sets, "lr_gauss", 0.1)
+    finally:
+        spark.sql("DROP TABLE IF EXISTS corpus_int")
+
+
+def test_bad_requests_are_one_line_errors_and_change_nothing(spark, run, tmp_path):
+    cfg, _ = run
+    src = corpus(tmp_path / "corpus")
+    with pytest.raises(InputError, match=r"no removal set for method 'lr_gauss' and budget 0.3; it has: "
+                                         r"lr_gauss 0.1, lr_gauss 0.25, random 0.1"):
+        apply.apply_removal(spark, cleaning(cfg, src, budget=0.3))
+    with pytest.raises(InputError, match="not a succeeded run"):
+        apply.apply_removal(spark, cleaning(dataclasses.replace(cfg, run_id="nope"), src))
+    strings = tmp_path / "strings"
+    spark.createDataFrame([("a", "x")], "id string, text string").write.format("delta").save(str(strings))
+    with pytest.raises(InputError, match="id column 'id' of table .* is string, the removal sets store bigint"):
+        apply.apply_removal(spark, cleaning(cfg, str(strings)))
+    with pytest.raises(InputError, match="has no id column 'doc'"):
+        apply.apply_removal(spark, cleaning(cfg, src, id_col="doc"))
+    spark.createDataFrame([(1, "x")], "id long, text string").write.parquet(str(tmp_path / "pq"))
+    with pytest.raises(InputError, match="is not a Delta table"):
+        apply.apply_removal(spark, cleaning(cfg, str(tmp_path / "pq")))
+    with pytest.raises(InputError, match="has no apply of"):
+        apply.undo_removal(spark, cleaning(cfg, src))
+    assert len(history(src)) == 1
+
+
+def test_cli_exit_codes(spark, run, tmp_path, capsys):
+    """verify exits 3 while the ids are readable and 0 after apply (spark-submit path: the
+    running session is joined, not stopped)."""
+    cfg, _ = run
+    src = corpus(tmp_path / "corpus")
+    args = ["--shuffle-partitions", "4", "--arrow-batch-size", "7",  # the test session's settings
+            "--output", cfg.output, "--run-id", cfg.run_id, "--method", "lr_gauss", "--budget", "0.1",
+            "--table", src]
+    assert main(["verify", *args], launch=False) == 3
+    assert "12 of the removed ids are readable" in capsys.readouterr().err
+    assert main(["apply", *args], launch=False) == 0
+    assert "apply committed" in capsys.readouterr().out
+    assert main(["verify", *args], launch=False) == 0
+    assert main(["apply", *args[:-2]], launch=False) == 2
+    assert "missing required option --table" in capsys.readouterr().err
