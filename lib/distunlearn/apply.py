@@ -113,8 +113,10 @@ class Outcome:
 
     def line(self) -> str:
         counts = ""
-        if self.rows_before is not None:
+        if self.rows_removed is not None:
             counts = f"; rows before {self.rows_before} = after {self.rows_after} + removed {self.rows_removed}"
+        elif self.rows_before is not None:
+            counts = f"; rows {self.rows_before} -> {self.rows_after}"
         if self.readable is not None:
             counts += f"; removed ids readable: {self.readable}"
         return f"{self.action} {self.outcome}: {self.table} at version {self.table_version}{counts}" + (
@@ -131,7 +133,7 @@ def load_removal_set(spark: SparkSession, cfg: JobConfig) -> RemovalSet:
     run = runs[0].asDict()
     rows = io.read_run(spark, io.table_path(cfg.output, io.REMOVAL_SETS), cfg.run_id).where(
         (F.col("method") == cfg.method) & (F.col("budget") == F.lit(cfg.budget).cast("double")))
-    n, k = rows.agg(F.count("*"), F.max("k")).first()  # one job: the size and the recorded k
+    n, k = io.first_row(rows.agg(F.count("*"), F.max("k")))  # one job: the size and the recorded k
     if n == 0:
         stored = sorted({(r["method"], r["budget"]) for r in io.read_run(
             spark, io.table_path(cfg.output, io.REMOVAL_SETS), cfg.run_id).select("method", "budget").collect()})
@@ -154,7 +156,7 @@ class Table:
     handle: Any  # delta.tables.DeltaTable
 
     def version(self) -> int:
-        return int(self.handle.history(1).select("version").first()[0])
+        return int(io.first_row(self.handle.history(1).select("version"))[0])
 
     def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
         if self.sql.startswith("delta.`"):
@@ -235,17 +237,17 @@ def _txn_version(events: list[dict[str, Any]]) -> int:
 @contextmanager
 def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
     """Set SQL settings for one block, then restore what was there."""
-    before = {k: spark.conf.get(k, None) for k in settings}
+    before: dict[str, str | None] = {k: spark.conf.get(k, None) for k in settings}
     for k, v in settings.items():
         spark.conf.set(k, v)
     try:
         yield
     finally:
-        for k, v in before.items():
-            if v is None:
+        for k, old in before.items():
+            if old is None:
                 spark.conf.unset(k)
             else:
-                spark.conf.set(k, v)
+                spark.conf.set(k, old)
 
 
 # ----------------------------------------------------------------------------- apply
@@ -351,7 +353,7 @@ def _partition_columns(spark: SparkSession, source: str) -> list[str]:
         return []
     try:
         ref = f"delta.`{source}`" if io._is_path(source) else source
-        return list(spark.sql(f"DESCRIBE DETAIL {ref}").first()["partitionColumns"])
+        return list(io.first_row(spark.sql(f"DESCRIBE DETAIL {ref}"))["partitionColumns"])
     except AnalysisException:
         return []
 
@@ -428,7 +430,7 @@ def undo_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
         out = Outcome("undo", "committed", table.name, done["version"])
     before = table.read(spark, out.table_version - 1).count()
     after = table.read(spark, out.table_version).count()
-    out.rows_before, out.rows_after, out.rows_removed = before, after, before - after
+    out.rows_before, out.rows_after = before, after
     log.info("%s", out.line())
     record(spark, cfg, rs, out)
     return out

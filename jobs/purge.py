@@ -1,0 +1,22 @@
+"""spark-submit entry point for `distunlearn purge`.
+
+    spark-submit --packages io.delta:delta-spark_2.13:4.0.1 \
+        --conf spark.pyspark.python=.venv/bin/python \
+        jobs/purge.py --table /lake/corpus/all [--option value ...]
+
+Options are those of `distunlearn purge --help`; spark-submit's --master wins over --master.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from distunlearn.cli import main as cli_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(["purge", *(sys.argv[1:] if argv is None else argv)], launch=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

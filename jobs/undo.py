@@ -1,0 +1,22 @@
+"""spark-submit entry point for `distunlearn undo`.
+
+    spark-submit --packages io.delta:delta-spark_2.13:4.0.1 \
+        --conf spark.pyspark.python=.venv/bin/python \
+        jobs/undo.py --output DIR --run-id ID --method M --budget B --table SRC
+
+Options are those of `distunlearn undo --help`; spark-submit's --master wins over --master.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from distunlearn.cli import main as cli_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(["undo", *(sys.argv[1:] if argv is None else argv)], launch=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
