@@ -169,8 +169,8 @@ def compute_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame
         f = compute_stats(forget, "forget", cfg.feature_col, cfg.on_invalid)
         r = compute_stats(retain, "retain", cfg.feature_col, cfg.on_invalid)
     else:
-        f, r = (_incremental_stats(spark, cfg, base, domain, df) for domain, df in (("forget", forget),
-                                                                                     ("retain", retain)))
+        stored = load_domain_stats(spark, cfg, base.run_id)  # one read of the base run's rows
+        f, r = (_incremental_stats(spark, cfg, base, report.inputs[d], stored[d]) for d in ("forget", "retain"))
         report.statistics_mode, report.base_run_id = "incremental", base.run_id
         report.statistics_note = ", ".join(f"{d}: {len(files)} new files" for d, files in base.new_files.items())
     check_dims(f.stats.dim, r.stats.dim, cfg.feature_col)
@@ -181,16 +181,16 @@ def compute_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame
     return f, r
 
 
-def _incremental_stats(spark: SparkSession, cfg: JobConfig, base: incremental.Base, domain: str,
-                       table: DataFrame) -> DomainStats:
-    """The base run's statistics of ``domain`` merged with those of the rows added since."""
-    stored = load_domain_stats(spark, cfg, base.run_id)[domain]
+def _incremental_stats(spark: SparkSession, cfg: JobConfig, base: incremental.Base, inp: Input,
+                       stored: DomainStats) -> DomainStats:
+    """The base run's statistics of one input merged with those of the rows added since."""
+    domain = inp.domain
     files = base.new_files[domain]
     log.info("statistics of %s: run %s's (version %d, %d rows) + %d new files", domain, base.run_id,
              base.versions[domain], stored.counts.rows, len(files))
     if not files:
         return stored
-    raw = io.read_source(spark, cfg.forget if domain == "forget" else cfg.retain, domain)
+    raw = io.read_source(spark, inp.source, domain, inp.version)  # the table's types for the new files
     new = normalize(incremental.read_new_rows(spark, raw, files, [cfg.id_col, cfg.feature_col]), cfg.id_col,
                     cfg.feature_col, domain)
     added = compute_stats(new, domain, cfg.feature_col, cfg.on_invalid)
