@@ -130,6 +130,11 @@ class JobConfig:
                       "from Maven Central on first use")
     delta_jars: str = _f("", "comma-separated local Delta jar files to use instead of fetching "
                              "(air-gapped machines)")
+    python_archive: str = _f("", "packed virtualenv for the executors (make cluster-env builds "
+                                 "dist/distunlearn-env.tar.gz): shipped as spark.archives and "
+                                 "used as their interpreter; empty: executors run the driver's "
+                                 "interpreter path, which must exist on every worker; ignored "
+                                 "under spark-submit (use --archives)")
     spark_conf: dict[str, str] = _f({}, "extra Spark settings, KEY=VALUE (repeatable)")
     log_level: str = _f("INFO", "log level of the job's own messages",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))

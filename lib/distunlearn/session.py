@@ -29,6 +29,9 @@ DELTA_VERSION = "4.0.1"
 SCALA_VERSION = "2.13"
 DELTA_PACKAGE = f"io.delta:delta-spark_{SCALA_VERSION}:{DELTA_VERSION}"
 
+#: Directory the executors unpack ``python_archive`` into (the ``#name`` of spark.archives).
+EXECUTOR_ENV_DIR = "environment"
+
 #: Environment of every Python worker.  OpenBLAS with its default thread count inside
 #: Spark's workers oversubscribes the cores (measured: ~10x slower X^T X at d=384).
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -57,6 +60,15 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
         conf["spark.driver.memory"] = cfg.driver_memory
         conf["spark.pyspark.python"] = sys.executable
         conf["spark.pyspark.driver.python"] = sys.executable
+        if cfg.python_archive:
+            # The executors unpack the archive into their working directory as ./environment
+            # and run its interpreter; the driver keeps this one (README, "Running on a cluster").
+            archive = Path(cfg.python_archive).expanduser().resolve()
+            if not archive.is_file():
+                raise EnvironmentSetupError(f"python_archive: file {str(archive)!r} not found "
+                                            "(make cluster-env builds dist/distunlearn-env.tar.gz)")
+            conf["spark.archives"] = f"{archive}#{EXECUTOR_ENV_DIR}"
+            conf["spark.pyspark.python"] = f"./{EXECUTOR_ENV_DIR}/bin/python"
         if cfg.delta_jars:
             jars = [str(Path(j).expanduser().resolve()) for j in cfg.delta_jars.split(",") if j]
             missing = [j for j in jars if not Path(j).is_file()]
@@ -82,7 +94,9 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
     if launch:
         # The JVM reads these when it starts the Python workers (local mode) and passes them
         # to executors; PYSPARK_PYTHON is what pyspark itself uses for the worker interpreter.
-        os.environ["PYSPARK_PYTHON"] = sys.executable
+        # pyspark takes the workers' interpreter from this variable (SparkContext.pythonExec),
+        # not from spark.pyspark.python: with python_archive it is the archive's.
+        os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
         for key, value in WORKER_ENV.items():
             os.environ[key] = value
     builder = SparkSession.builder
