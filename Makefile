@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo test lint clean browser results bench
+.PHONY: install demo test lint clean browser results bench cluster-env cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -45,9 +45,22 @@ DIM  ?= 384
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --rows $(ROWS) --dim $(DIM) $(BENCH_ARGS)
 
+# A Spark standalone cluster on 127.0.0.1 (a master and two 1-core workers) for trying cluster
+# mode by hand; see README, "A local standalone cluster".  cluster-env packs the executors'
+# Python environment (dist/distunlearn-env.tar.gz, rebuilt only when the sources change).
+CLUSTER_DIR ?= .cluster
+cluster-env: $(STAMP)
+	$(BIN)/python -m distunlearn.localcluster env --dest dist/distunlearn-env.tar.gz
+
+cluster-up: $(STAMP)
+	$(BIN)/python -m distunlearn.localcluster up --state-dir $(CLUSTER_DIR)
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m distunlearn.localcluster down --state-dir $(CLUSTER_DIR)
+
 lint: $(STAMP)
 	$(BIN)/ruff check lib jobs tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache bench-data
+	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache bench-data dist
