@@ -1,11 +1,11 @@
 """The command line as a user runs it: separate processes, exit codes, one-line errors, the
-demo end to end, and the spark-submit entry point giving the same removal sets."""
+demo end to end.  The spark-submit entry point (jobs/run.py) is tested on a standalone
+cluster against a local[2] run in tests/test_cluster.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,28 +81,6 @@ def test_bad_input_from_the_command_line_exits_2_with_one_line(demo, tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("distunlearn: error: forget table has no column 'embedding'")
     assert not (tmp_path / "o").exists()
-
-
-def test_spark_submit_entry_point_matches_the_console_run(demo, tmp_path):
-    out, _ = demo
-    submit = shutil.which("spark-submit", path=str(Path(sys.executable).parent)) or shutil.which("spark-submit")
-    assert submit, "spark-submit not found next to the interpreter"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    ivy = str(Path(JobConfig().ivy_dir).expanduser())
-    res = subprocess.run(
-        [submit, "--master", "local[2]", "--packages", DELTA_PACKAGE, "--conf", f"spark.jars.ivy={ivy}",
-         "--conf", "spark.ui.enabled=false", "jobs/run.py", "--config", "conf/local.yaml",
-         "--forget", str(out / "data/low/forget"), "--retain", str(out / "data/low/retain"),
-         "--output", str(tmp_path / "o"), "--run-id", "demo-low", "--budgets", "0.1,0.5",
-         "--shuffle-partitions", "2"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    cols = ["method", "budget", "rank", "id", "score"]
-    got = read_delta(tmp_path / "o/removal_sets").sort_values(cols[:3]).reset_index(drop=True)[cols]
-    want = read_delta(out / "removal_sets")
-    want = want[want.run_id == "demo-low"].sort_values(cols[:3]).reset_index(drop=True)[cols]
-    assert got[["method", "budget", "rank", "id"]].equals(want[["method", "budget", "rank", "id"]])
-    assert (got.score - want.score).abs().max() < 1e-9
 
 
 OFFLINE = "-Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=9 -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=9"

@@ -1,0 +1,206 @@
+"""Cluster mode: a real Spark standalone cluster on 127.0.0.1 (the installed pyspark's own
+``spark-class ...deploy.master.Master`` and two ``...deploy.worker.Worker`` JVMs with one
+core each, started by ``distunlearn.localcluster`` on free ports), the executors running the
+packed virtualenv shipped with ``--archives`` (see that module for why not ``--py-files``).
+
+- ``test_spark_submit_on_the_cluster_matches_local``: the whole pipeline submitted with
+  ``spark-submit --master spark://127.0.0.1:PORT --archives env.tar.gz#environment`` writes
+  Delta outputs identical (every row and every float bit; timestamps, timings and the master
+  in the stored config aside) to an in-process ``local[2]`` run of the same config, and the
+  executors really ran the archive's interpreter.
+- ``test_worker_killed_mid_job_still_gives_identical_outputs``: the same run through the
+  console command (``distunlearn run --master spark://... --python-archive ...``, the other way
+  users submit), with one worker and everything it launched SIGKILLed as soon as the driver
+  logs the scoring stage: the driver loses that executor, finishes on the remaining worker, and
+  the outputs are again identical.
+
+Every test starts its own cluster and stops every process it started (by process group) in a
+finalizer, also when the test fails, then checks that none is left.  The outputs are read
+back with delta-rs (``deltalake``), not Spark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ARROW_BATCH, SHUFFLE_PARTITIONS, gaussian_tables, read_delta
+from distunlearn import localcluster
+from distunlearn.config import JobConfig
+from distunlearn.session import DELTA_PACKAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600  # seconds per submitted job; each takes about 1 min here
+TABLES = ("removal_sets", "statistics", "diagnostics", "calibration", "runs")
+VOLATILE = {"created_at", "started_at", "finished_at", "timings", "config", "config_sha256"}
+# Where and how a run executed, not what it computed: left out of the config comparison.
+PLACEMENT = {"master", "output", "python_archive", "driver_memory", "spark_conf", "log_level"}
+RUN = dict(run_id="c1", methods=("lr_gauss", "maha_mu2", "mu2", "random"), budgets=(0.1, 0.5),
+           shuffle_partitions=SHUFFLE_PARTITIONS, arrow_batch_size=ARROW_BATCH)
+
+
+@pytest.fixture(scope="module")
+def inputs(spark, tmp_path_factory) -> tuple[str, str]:
+    """Delta tables of 3 files each: 3000 forget and 6000 retain rows, d = 8."""
+    forget, retain, _, _ = gaussian_tables(spark, tmp_path_factory.mktemp("cluster_inputs"), n_forget=3000,
+                                           n_retain=6000, dim=8)
+    return forget, retain
+
+
+@pytest.fixture(scope="module")
+def reference(spark, inputs, tmp_path_factory) -> Path:
+    """The same config run in this process, on the tests' local[2] session."""
+    from distunlearn.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("cluster_reference") / "out"
+    run_pipeline(spark, JobConfig(forget=inputs[0], retain=inputs[1], output=str(out), **RUN).check())
+    return out
+
+
+@pytest.fixture(scope="module")
+def archive() -> Path:
+    """The executors' packed virtualenv, as ``make cluster-env`` builds it (rebuilt only when
+    the sources change)."""
+    return localcluster.pack_environment(ROOT / "dist" / "distunlearn-env.tar.gz")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    started = localcluster.start(tmp_path / "cluster", workers=2, cores=1, memory="1g")
+    try:
+        yield started
+    finally:
+        started.stop()
+    assert started.running() == [], "cluster processes left running"
+
+
+def driver_env() -> dict[str, str]:
+    lib = str(ROOT / "lib")
+    return {**os.environ, "SPARK_HOME": str(localcluster.spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PYTHONPATH": os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def job_args(inputs: tuple[str, str], output: Path) -> list[str]:
+    return ["--forget", inputs[0], "--retain", inputs[1], "--output", str(output), "--run-id", RUN["run_id"],
+            "--methods", ",".join(RUN["methods"]), "--budgets", ",".join(map(str, RUN["budgets"])),
+            "--shuffle-partitions", str(SHUFFLE_PARTITIONS), "--arrow-batch-size", str(ARROW_BATCH),
+            "--log-level", "INFO"]
+
+
+def assert_same_outputs(got: Path, want: Path) -> None:
+    """Every Delta output table equal row for row, floats bit for bit (read with delta-rs)."""
+    for name in TABLES:
+        a, b = read_delta(got / name), read_delta(want / name)
+        assert list(a.columns) == list(b.columns), name
+        if name == "runs":
+            config_a, config_b = (json.loads(c) for c in (a.at[0, "config"], b.at[0, "config"]))
+            assert {k: v for k, v in config_a.items() if k not in PLACEMENT} == \
+                   {k: v for k, v in config_b.items() if k not in PLACEMENT}
+            assert a.at[0, "status"] == "succeeded"
+        keys = [c for c in a.columns if c not in VOLATILE and a[c].map(np.isscalar).all()]
+        a, b = (t.sort_values(keys, kind="stable").reset_index(drop=True) for t in (a, b))
+        assert len(a) == len(b) > 0, name
+        for column in a.columns:
+            if column in VOLATILE:
+                continue
+            for x, y in zip(a[column], b[column], strict=True):
+                same = np.array_equal(np.asarray(x), np.asarray(y)) if not np.isscalar(x) else \
+                    (x == y or (pd.isna(x) and pd.isna(y)))
+                assert same, f"{name}.{column}: {x!r} != {y!r}"
+
+
+@contextlib.contextmanager
+def driver(cmd: list[str], log: Path) -> Iterator[subprocess.Popen]:
+    """The job's driver as a process of its own group, killed with all it started on the way out."""
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=driver_env(), cwd=log.parent,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait(proc: subprocess.Popen, log: Path) -> str:
+    proc.wait(timeout=TIMEOUT)
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 0, "job failed:\n" + "\n".join(text.splitlines()[-40:])
+    return text
+
+
+def wait_for_scoring(proc: subprocess.Popen, log: Path, cluster: localcluster.LocalCluster) -> None:
+    """Return once the driver has logged the scoring stage (the statistics pass has run on
+    both executors by then), after checking the executors' Python workers run the archive's
+    interpreter, unpacked in their working folders, and not the driver's."""
+    deadline = time.monotonic() + TIMEOUT
+    while "stage score_select ..." not in log.read_text(errors="replace"):
+        assert proc.poll() is None, "job ended before the scoring stage:\n" + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "scoring stage not reached"
+        time.sleep(0.2)
+    assert cluster.alive_workers() == 2
+    workers = [c for c in cluster.command_lines() if "pyspark.daemon" in c]
+    assert workers and all(c.startswith("./environment/bin/python ") for c in workers), workers
+
+
+@pytest.mark.cluster
+def test_spark_submit_on_the_cluster_matches_local(cluster, archive, inputs, reference, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    submit = localcluster.spark_home() / "bin" / "spark-submit"
+    cmd = [str(submit), "--master", cluster.master_url, "--packages", DELTA_PACKAGE,
+           "--conf", f"spark.jars.ivy={Path(JobConfig().ivy_dir).expanduser()}",
+           "--archives", f"{archive}#environment",
+           "--conf", "spark.pyspark.python=./environment/bin/python",
+           "--conf", f"spark.pyspark.driver.python={sys.executable}",
+           "--conf", "spark.ui.enabled=false", "--conf", "spark.default.parallelism=4",
+           str(ROOT / "jobs" / "run.py"), *job_args(inputs, out)]
+    with driver(cmd, log) as proc:
+        wait_for_scoring(proc, log, cluster)
+        text = wait(proc, log)
+    assert f"master {cluster.master_url}" in text  # the session's own log line: it ran there
+    assert_same_outputs(out, reference)
+
+
+@pytest.mark.cluster
+def test_worker_killed_mid_job_still_gives_identical_outputs(cluster, archive, inputs, reference, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    cmd = [sys.executable, "-m", "distunlearn", "run", "--master", cluster.master_url,
+           "--python-archive", str(archive), "--spark-conf", "spark.ui.enabled=false",
+           "--spark-conf", "spark.default.parallelism=4", *job_args(inputs, out)]
+    with driver(cmd, log) as proc:
+        wait_for_scoring(proc, log, cluster)
+        cluster.kill("worker-1")  # the worker JVM, its executor and that executor's Python workers
+        assert proc.poll() is None, "the job had already finished: the kill was not mid-job"
+        text = wait(proc, log)
+    assert re.search(r"Lost executor \d+", text), "the driver never lost an executor"
+    assert cluster.alive_workers() == 1
+    assert_same_outputs(out, reference)
+
+
+def test_cluster_processes_are_found_by_process_group(tmp_path):
+    """The bookkeeping ``stop`` relies on, on a process that is not Spark: a group whose
+    command line does not look like Spark is never reported (so never signalled)."""
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert localcluster._family(sleeper.pid) == {}
+        cluster = localcluster.LocalCluster(tmp_path, "spark://x", "http://x", [{"role": "w", "pid": sleeper.pid}])
+        assert cluster.running() == []
+        cluster.stop(timeout=0)
+        assert sleeper.poll() is None  # untouched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
