@@ -204,3 +204,23 @@ def test_cluster_processes_are_found_by_process_group(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_archive_carries_the_executors_dependencies_only():
+    """numpy, pyarrow, pandas (what the UDFs import) are packed; pyspark and delta-spark come from
+    the cluster's Spark, matplotlib is for the driver's report."""
+    names = {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in localcluster.packed_requirements()}
+    assert {"numpy", "pyarrow", "pandas", "pyyaml", "threadpoolctl"} <= names
+    assert not names & {"pyspark", "delta-spark", "matplotlib", "pytest", "deltalake"}
+
+
+def test_a_taken_port_is_replaced_by_a_free_one():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = localcluster.free_port(port)
+        assert other != port and other > 0
+    assert localcluster.free_port(other) == other  # free now: kept
