@@ -224,3 +224,20 @@ def test_a_taken_port_is_replaced_by_a_free_one():
         other = localcluster.free_port(port)
         assert other != port and other > 0
     assert localcluster.free_port(other) == other  # free now: kept
+
+
+def test_missing_python_archive_is_one_line_exit_2_and_nothing_written(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "distunlearn", "run", "--forget", "a", "--retain", "b",
+                          "--output", str(tmp_path / "o"), "--run-id", "x", "--master", "spark://127.0.0.1:1",
+                          "--python-archive", str(tmp_path / "nope.tar.gz")],
+                         capture_output=True, text=True, timeout=120, env=driver_env())
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("distunlearn: error: python_archive: file ") and "nope.tar.gz" in last, last
+    assert not (tmp_path / "o").exists()
+
+
+def test_down_without_a_cluster_says_so(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "distunlearn.localcluster", "down", "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=driver_env())
+    assert res.returncode == 0 and res.stdout.strip() == f"no cluster running from {tmp_path}"

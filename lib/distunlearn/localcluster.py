@@ -46,6 +46,7 @@ import time
 import urllib.request
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from distunlearn.errors import EnvironmentSetupError
 
@@ -165,7 +166,7 @@ class LocalCluster:
     state_dir: Path
     master_url: str
     web_url: str
-    processes: list[dict[str, object]]  # {"role": "master"|"worker-1".., "pid": int, "log": str}
+    processes: list[dict[str, Any]]  # {"role": "master"|"worker-1".., "pid": int, "log": str}
 
     # -------------------------------------------------------------- state file
     def save(self) -> None:
@@ -191,11 +192,11 @@ class LocalCluster:
         return sum(1 for w in self.master_state().get("workers", []) if w.get("state") == "ALIVE")
 
     def pid(self, role: str) -> int:
-        return int(next(p["pid"] for p in self.processes if p["role"] == role))  # type: ignore[call-overload]
+        return int(next(p["pid"] for p in self.processes if p["role"] == role))
 
     def running(self) -> list[int]:
         """Pids of this cluster's processes whose process group still has Spark processes."""
-        return [int(p["pid"]) for p in self.processes if _family(int(p["pid"]))]  # type: ignore[call-overload]
+        return [int(p["pid"]) for p in self.processes if _family(int(p["pid"]))]
 
     def command_lines(self) -> list[str]:
         """Command lines of every live process of this cluster (daemons, executors, Python workers)."""
@@ -230,9 +231,9 @@ def _signal(pids: dict[int, str], sig: int) -> None:
 _children: dict[int, subprocess.Popen] = {}  # started by this process: reaped on stop
 
 
-def _reap(processes: list[dict[str, object]]) -> None:
+def _reap(processes: list[dict[str, Any]]) -> None:
     for p in processes:
-        child = _children.pop(int(p["pid"]), None)  # type: ignore[call-overload]
+        child = _children.pop(int(p["pid"]), None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=10)
@@ -269,7 +270,7 @@ def _family(pgid: int) -> dict[int, str]:
     return {pid: table[pid][2] for pid in sorted(family) if SPARK_PROCESS.search(table[pid][2])}
 
 
-def _launch(args: list[str], role: str, state_dir: Path) -> dict[str, object]:
+def _launch(args: list[str], role: str, state_dir: Path) -> dict[str, Any]:
     logfile = state_dir / "logs" / f"{role}.log"
     with open(logfile, "ab") as out:
         child = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], stdout=out,
@@ -323,7 +324,7 @@ def _wait_for_workers(cluster: LocalCluster, workers: int, timeout: float) -> No
     deadline = time.monotonic() + timeout
     while True:
         for p in cluster.processes:
-            child = _children.get(int(p["pid"]))  # type: ignore[call-overload]
+            child = _children.get(int(p["pid"]))
             if child is not None and child.poll() is not None:
                 raise EnvironmentSetupError(f"Spark {p['role']} exited with status {child.returncode} "
                                             f"while starting; see {p['log']}")
