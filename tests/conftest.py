@@ -5,6 +5,7 @@ rows) so every UDF sees many batches per partition."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,14 @@ def spark(tmp_path_factory):
     session = get_session(cfg, launch=True)
     yield session
     session.stop()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout's lib/ first on PYTHONPATH (drivers started
+    as subprocesses run this tree's code, installed or not), plus ``extra``."""
+    lib = str(Path(__file__).resolve().parents[1] / "lib")
+    path = os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def frame(ids: Any, features: Any, id_name: str = "id", feature_name: str = "features") -> pd.DataFrame:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ARROW_BATCH, SHUFFLE_PARTITIONS, gaussian_tables, read_delta
+from conftest import ARROW_BATCH, SHUFFLE_PARTITIONS, gaussian_tables, read_delta, subprocess_env
 from distunlearn import localcluster
 from distunlearn.config import JobConfig
 from distunlearn.session import DELTA_PACKAGE
@@ -87,10 +87,8 @@ def cluster(tmp_path):
 
 
 def driver_env() -> dict[str, str]:
-    lib = str(ROOT / "lib")
-    return {**os.environ, "SPARK_HOME": str(localcluster.spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_DRIVER_PYTHON": sys.executable,
-            "PYTHONPATH": os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)}
+    return subprocess_env(SPARK_HOME=str(localcluster.spark_home()), SPARK_LOCAL_IP="127.0.0.1",
+                          PYSPARK_DRIVER_PYTHON=sys.executable)
 
 
 def job_args(inputs: tuple[str, str], output: Path) -> list[str]:
@@ -196,7 +194,7 @@ def test_cluster_processes_are_found_by_process_group(tmp_path):
     command line does not look like Spark is never reported (so never signalled)."""
     sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        assert localcluster._family(sleeper.pid) == {}
+        assert localcluster._family(sleeper.pid, localcluster._processes()) == {}
         cluster = localcluster.LocalCluster(tmp_path, "spark://x", "http://x", [{"role": "w", "pid": sleeper.pid}])
         assert cluster.running() == []
         cluster.stop(timeout=0)

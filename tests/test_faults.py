@@ -40,13 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import read_delta
+from conftest import read_delta, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = [sys.executable, str(ROOT / "tests" / "fault_job.py")]
 CLI = [sys.executable, "-m", "distunlearn"]
-ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-       "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")) if p)}
+ENV = subprocess_env(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
 TIMEOUT = 300  # seconds per driver process; each normally takes 20-60 s
 
 # The settings of tests/fault_job.py (test 3 passes the same ones on the command line).

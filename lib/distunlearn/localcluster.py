@@ -10,10 +10,11 @@
 The cluster is the installed pyspark's own standalone deploy mode: one
 ``spark-class org.apache.spark.deploy.master.Master`` and N
 ``...deploy.worker.Worker`` JVMs, all bound to 127.0.0.1 on free ports.  Each process is
-started in its own session (process group), so that stopping it -- or killing it to simulate a
-lost machine -- also takes the executors and Python workers it launched.  ``up`` returns once
-every worker has registered with the master; its pids are kept in ``<state-dir>/cluster.json``
-and ``down`` stops exactly those (after checking each pid is still a Spark daemon).
+started in its own session (process group); stopping it -- or killing it to simulate a lost
+machine -- signals its family: the group (the daemon, the executors it launched) and their
+descendants (pyspark's Python workers, which start a session of their own), Spark processes
+only.  ``up`` returns once every worker has registered with the master; its pids are kept in
+``<state-dir>/cluster.json`` and ``down`` stops exactly those families.
 
 The executors' Python environment travels the way it would to a real cluster: a virtualenv
 packed with venv-pack and shipped with ``--archives env.tar.gz#environment``
@@ -194,28 +195,35 @@ class LocalCluster:
     def pid(self, role: str) -> int:
         return int(next(p["pid"] for p in self.processes if p["role"] == role))
 
+    def families(self) -> dict[int, dict[int, str]]:
+        """For each process this cluster started and whose family is alive: that family's live
+        Spark processes (pid -> command line), from one look at the process table."""
+        table = _processes()
+        found = {int(p["pid"]): _family(int(p["pid"]), table) for p in self.processes}
+        return {pid: family for pid, family in found.items() if family}
+
     def running(self) -> list[int]:
-        """Pids of this cluster's processes whose process group still has Spark processes."""
-        return [int(p["pid"]) for p in self.processes if _family(int(p["pid"]))]
+        """Pids of this cluster's processes whose family still has Spark processes."""
+        return list(self.families())
 
     def command_lines(self) -> list[str]:
         """Command lines of every live process of this cluster (daemons, executors, Python workers)."""
-        return [line for pid in self.running() for line in _family(pid).values()]
+        return [line for family in self.families().values() for line in family.values()]
 
     # -------------------------------------------------------------- control
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
         """Signal one process and every Spark process it launched, as a lost machine would."""
-        _signal(_family(self.pid(role)), sig)
+        _signal(_family(self.pid(role), _processes()), sig)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every process this cluster started: SIGTERM, then SIGKILL after ``timeout``."""
-        for pid in reversed(self.running()):  # workers first, the master last
-            _signal(_family(pid), signal.SIGTERM)
+        for family in reversed(self.families().values()):  # workers first, the master last
+            _signal(family, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.running() and time.monotonic() < deadline:
+        while self.families() and time.monotonic() < deadline:
             time.sleep(0.2)
-        for pid in self.running():
-            _signal(_family(pid), signal.SIGKILL)
+        for family in self.families().values():
+            _signal(family, signal.SIGKILL)
         _reap(self.processes)
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         (self.state_dir / "master-url").unlink(missing_ok=True)
@@ -254,13 +262,12 @@ def _processes() -> dict[int, tuple[int, int, str]]:
     return table
 
 
-def _family(pgid: int) -> dict[int, str]:
+def _family(pgid: int, table: dict[int, tuple[int, int, str]]) -> dict[int, str]:
     """Live Spark processes started from the daemon whose process group is ``pgid``: the group's
     members (the daemon, the executors it launched) and their descendants in other groups
     (pyspark's Python worker daemon calls setsid).  A process group outlives its leader while
     members remain, and Linux does not hand its id to a new process meanwhile; the command-line
-    check keeps an unrelated group that later got the same id out."""
-    table = _processes()
+    check keeps an unrelated group that later got the same id out.  ``table``: ``_processes()``."""
     family = {pid for pid, (_, group, _) in table.items() if group == pgid}
     grew = True
     while grew:
