@@ -25,13 +25,14 @@ from threadpoolctl import threadpool_limits
 from distunlearn.batches import ArrowUdf, InputCounts, list_to_matrix
 from distunlearn.errors import InputError
 from distunlearn.prepare import FEATURES, ID
-from distunlearn.score import random_score, score_batches
+from distunlearn.score import gumbel_noise, random_score, score_batches, scoring_columns
 from distunlearn.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.stats import GaussianStats
 
 log = logging.getLogger(__name__)
 
 _COUNT_FIELDS = ("rows", "null_arrays", "null_elements", "nonfinite", "min_len", "max_len")
+_GUMBEL = "_gumbel"
 _SCHEMA = ", ".join(f"{name} long" for name in _COUNT_FIELDS) + ", stats binary"
 
 
@@ -134,6 +135,9 @@ def _bucket_aggregator(broadcast: object, methods: tuple[str, ...],
         for rb, batch, scores in score_batches(batches, model, kernel):  # one BLAS thread
             if "random" in methods:
                 scores["random"] = rb.column("random").to_numpy()
+            if _GUMBEL in rb.schema.names:  # the same sum as score_forget's, so the same keys
+                noise = rb.column(_GUMBEL).to_numpy()
+                scores = {m: v + noise for m, v in scores.items()}
             for m in methods:
                 bucket = _bucket_of(scores[m], rb.column(ID), bounds[m])
                 for b in np.unique(bucket):
@@ -153,7 +157,8 @@ def _bucket_aggregator(broadcast: object, methods: tuple[str, ...],
 
 
 def removal_bucket_stats(forget: DataFrame, model: Broadcast[ScoringModel], methods: tuple[str, ...], seed: int,
-                         bounds: dict[str, list[tuple[float, object]]], dim: int) -> dict[str, list[GaussianStats]]:
+                         bounds: dict[str, list[tuple[float, object]]], dim: int,
+                         selection: str = "topk") -> dict[str, list[GaussianStats]]:
     """Per method, statistics of the forget rows grouped by the smallest removal set that holds
     them (``len(bounds[m]) + 1`` entries, the last for rows in no set).
 
@@ -164,7 +169,9 @@ def removal_bucket_stats(forget: DataFrame, model: Broadcast[ScoringModel], meth
     the last bit could land in the neighbouring set, which moves a statistic by one row.
     """
     start = time.monotonic()
-    cols = [F.col(ID), F.col(FEATURES)] + ([random_score(seed).alias("random")] if "random" in methods else [])
+    cols = [F.col(c) for c in scoring_columns(forget, methods)]
+    cols += [random_score(seed).alias("random")] if "random" in methods else []
+    cols += [gumbel_noise(seed).alias(_GUMBEL)] if selection == "gumbel" else []
     sc = forget.sparkSession.sparkContext
     # Each task emits one d x d blob per (method, removal set): with 12 input partitions,
     # 4 methods and 20 budgets at d = 384 that was 1.2 GB of pickled statistics through

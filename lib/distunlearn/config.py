@@ -22,10 +22,12 @@ from distunlearn.budgets import DEFAULT_BUDGETS
 from distunlearn.covariance import COVARIANCE_KINDS
 from distunlearn.errors import ConfigError
 from distunlearn.scoring import COSINE_CENTERS, COVARIANCE_SOURCES, DEFAULT_METHODS, METHODS
+from distunlearn.text import NGRAM_HASHES, TextSettings
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INVALID_POLICIES = ("fail", "drop")
 APPLY_MODES = ("delete", "copy")
+SELECTIONS = ("topk", "gumbel")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -47,6 +49,9 @@ class JobConfig:
                            "in the forget table")
     feature_col: str = _f("features", "feature column in both tables: array<float|double> or a "
                                       "Spark ML vector")
+    text_col: str = _f("", "text column in both tables (string) to use instead of --feature-col: "
+                           "hashed word n-grams for lr_ngram, TF-IDF projected to --text-dim dims for "
+                           "the other methods (README, \"Text input\")")
     output: str = _f("", "output folder; the Delta tables removal_sets, statistics and runs are "
                          "created under it", required=True)
     run_id: str = _f("", "identifier of this run ([A-Za-z0-9._-], up to 128 chars); rerunning an "
@@ -70,6 +75,19 @@ class JobConfig:
     max_condition: float = _f(1e8, "largest condition number accepted for covariance=full")
     cosine_center: str = _f("none", "centre features before cosine distances: 'none' or "
                             "'pooled_mean'", choices=COSINE_CENTERS)
+    selection: str = _f("topk", "how a removal set of size k is picked: 'topk', the k highest scores "
+                        "(exact), or 'gumbel', the k highest of score + Gumbel noise seeded by (seed, id): "
+                        "k rows sampled without replacement with probability proportional to exp(score) "
+                        "(DSIR's importance resampling for lr_ngram)", choices=SELECTIONS)
+    ngram_buckets: int = _f(65536, "text: hash buckets of the n-grams (DSIR uses 10000)")
+    ngram_order: int = _f(2, "text: longest n-gram (2: unigrams and bigrams)")
+    ngram_hash: str = _f("xxhash64", "text: hash of an n-gram to its bucket: 'xxhash64' (Spark's, fast) or "
+                         "'sha256' (DSIR's bucket function, about 2x slower)", choices=NGRAM_HASHES)
+    ngram_smoothing: float = _f(1.0, "text: pseudo-count added to every bucket of both domains before "
+                                "lr_ngram's log-ratio (1: Laplace smoothing)")
+    ngram_length_norm: bool = _f(False, "text: divide lr_ngram by the document's n-gram count")
+    text_dim: int = _f(64, "text: dimensions of the seeded random projection of TF-IDF vectors that the "
+                           "Gaussian methods score")
     seed: int = _f(0, "seed of the random method (a hash of seed and id; independent of "
                       "partitioning)")
     on_invalid: str = _f("fail", "rows whose features contain NaN or +-inf: 'fail' the run, or "
@@ -139,6 +157,11 @@ class JobConfig:
     log_level: str = _f("INFO", "log level of the job's own messages",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
+    def text_settings(self) -> TextSettings:
+        """The featurizer and n-gram options, checked (ConfigError)."""
+        return TextSettings(self.ngram_buckets, self.ngram_order, self.ngram_hash, self.ngram_smoothing,
+                            self.ngram_length_norm, self.text_dim, self.seed).check()
+
     def check(self, required: tuple[str, ...] = ("forget", "retain", "output", "run_id")) -> JobConfig:
         """Raise ConfigError for missing or malformed values; return self for chaining."""
         for name in required:
@@ -155,6 +178,10 @@ class JobConfig:
         for name in ("ridge", "tolerated_eps", "target_alpha", "retention_hours"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.text_col:
+            self.text_settings()
+        elif "lr_ngram" in self.methods:
+            raise ConfigError("method lr_ngram scores text: give the text column with --text-col")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         for f in dataclasses.fields(self):

@@ -7,6 +7,9 @@ Output tables (Delta, created on first write, one folder each under ``output``):
 ``statistics`` partitioned by run_id
     run_id, domain ("forget"/"retain"), n, dim, mean, m2 (row-major d*d), t3, q4, rows,
     dropped_nonfinite, source, created_at
+``ngram_statistics`` partitioned by run_id (text input only)
+    run_id, domain, buckets, ngram_order, ngram_hash, tokenizer, n_docs, n_grams, counts
+    (summed n-gram counts per bucket), doc_freq (documents per bucket), source, created_at
 ``runs`` partitioned by nothing (one small row per run)
     run_id, status, started_at, finished_at, config (JSON), sources, counts, covariance,
     timings, summary (per method and budget: k and the score threshold)
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 REMOVAL_SETS = "removal_sets"
 STATISTICS = "statistics"
+NGRAM_STATISTICS = "ngram_statistics"
 RUNS = "runs"
 DIAGNOSTICS = "diagnostics"
 CALIBRATION = "calibration"

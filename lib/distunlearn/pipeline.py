@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -33,6 +34,14 @@ from distunlearn.score import score_forget
 from distunlearn.scoring import ScoringModel, validate_methods
 from distunlearn.select import select_removal_sets, sort_partitions
 from distunlearn.stats import GaussianStats
+from distunlearn.text import (
+    TOKENIZER,
+    NgramStats,
+    TextModel,
+    compute_ngram_stats,
+    normalize_text,
+    with_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,10 @@ _STATS_SCHEMA = (
     "run_id string, domain string, n long, dim int, mean array<double>, m2 array<double>, "
     "t3 array<double>, q4 double, rows long, dropped_nonfinite long, source string, "
     "created_at timestamp"
+)
+_NGRAM_STATS_SCHEMA = (
+    "run_id string, domain string, buckets int, ngram_order int, ngram_hash string, tokenizer string, "
+    "n_docs long, n_grams long, counts array<long>, doc_freq array<long>, source string, created_at timestamp"
 )
 _DIAGNOSTICS_SCHEMA = (
     "run_id string, method string, budget double, budget_count long, k long, kappa double, alpha double, "
@@ -141,14 +154,23 @@ class _Stage:
             log.info("stage %s done in %.1f s", self.name, self.timings[self.name])
 
 
+def normalized(spark: SparkSession, cfg: JobConfig, source: str, domain: str,
+               version: int | None = None) -> DataFrame:
+    """One input table as DataFrame[id, features], or DataFrame[id, grams] for text input."""
+    raw = io.read_source(spark, source, domain, version)
+    if cfg.text_col:
+        return normalize_text(raw, cfg.id_col, cfg.text_col, domain, cfg.text_settings())
+    return normalize(raw, cfg.id_col, cfg.feature_col, domain)
+
+
 def read_inputs(spark: SparkSession, cfg: JobConfig, report: RunReport) -> tuple[DataFrame, DataFrame]:
-    """Both tables as DataFrame[id, features], with id checks (InputError on failure).  Delta
-    tables are read at their current version, recorded in ``report.inputs`` (the ledger)."""
+    """Both tables as DataFrame[id, features] (text: [id, grams]), with id checks (InputError on
+    failure).  Delta tables are read at their current version, recorded in ``report.inputs``."""
     frames = []
     for domain, source in (("forget", cfg.forget), ("retain", cfg.retain)):
         version = io.delta_version(spark, source)
         report.inputs[domain] = Input(domain, source, version)
-        frames.append(normalize(io.read_source(spark, source, domain, version), cfg.id_col, cfg.feature_col, domain))
+        frames.append(normalized(spark, cfg, source, domain, version))
     forget, retain = frames
     check_ids(forget, cfg.id_col, "forget")
     if cfg.check_retain_ids:
@@ -156,12 +178,31 @@ def read_inputs(spark: SparkSession, cfg: JobConfig, report: RunReport) -> tuple
     return forget, retain
 
 
+def text_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame,
+                    cfg: JobConfig) -> tuple[DataFrame, DataFrame, TextModel]:
+    """Text input: the n-gram statistics of both tables (one pass each), and both tables as
+    DataFrame[id, features, grams] with the TF-IDF projection those statistics define."""
+    settings = cfg.text_settings()
+    text = TextModel(compute_ngram_stats(forget, "forget", cfg.text_col, settings.buckets),
+                     compute_ngram_stats(retain, "retain", cfg.text_col, settings.buckets), settings)
+    return (*featurize(spark, text, forget, retain), text)  # type: ignore[return-value]
+
+
+def featurize(spark: SparkSession, text: TextModel, *frames: DataFrame) -> list[DataFrame]:
+    """DataFrame[id, grams] -> DataFrame[id, features, grams] (one broadcast of the IDF weights)."""
+    projection = spark.sparkContext.broadcast(text.projection())
+    return [with_features(df, projection) for df in frames]
+
+
 def compute_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame, cfg: JobConfig,
-                       report: RunReport) -> tuple[DomainStats, DomainStats]:
+                       report: RunReport, text: TextModel | None = None) -> tuple[DomainStats, DomainStats]:
     """The statistics of both tables: merged from the last run's and the new rows' when the
     inputs only gained rows (:mod:`distunlearn.incremental`), else one distributed pass over
     each table.  Raises InputError for unusable features."""
-    base, reason = incremental.find_base(spark, cfg, report.inputs) if report.inputs else (None, "")
+    if cfg.text_col:  # the projection's IDF weights change with every added document
+        base, reason = None, "text input: the TF-IDF features depend on every document"
+    else:
+        base, reason = incremental.find_base(spark, cfg, report.inputs) if report.inputs else (None, "")
     if base is None:
         if reason:
             log.info("statistics: full pass (%s)", reason)
@@ -177,7 +218,7 @@ def compute_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame
     if r.stats.n < 2:
         raise InputError(f"the retain table has {r.stats.n} usable row; at least 2 are needed "
                          "for a covariance")
-    report.stats_sha256 = stats_digest(f.stats, r.stats)
+    report.stats_sha256 = stats_digest(f.stats, r.stats, text)
     return f, r
 
 
@@ -199,11 +240,14 @@ def _incremental_stats(spark: SparkSession, cfg: JobConfig, base: incremental.Ba
 
 
 
-def stats_digest(forget: GaussianStats, retain: GaussianStats) -> str:
-    """sha256 of both domains' statistics (float64 bytes): names them in apply's commits."""
+def stats_digest(forget: GaussianStats, retain: GaussianStats, text: TextModel | None = None) -> str:
+    """sha256 of both domains' statistics (float64 bytes, then the n-gram counts of text input):
+    names them in apply's commits."""
     h = hashlib.sha256()
     for s in (forget, retain):
         h.update(s.to_flat().tobytes())
+    for n in (text.forget, text.retain) if text else ():
+        h.update(n.counts.tobytes() + n.doc_freq.tobytes())
     return h.hexdigest()
 
 
@@ -220,6 +264,37 @@ def write_statistics(spark: SparkSession, cfg: JobConfig, forget: DomainStats, r
                      s.t3.tolist(), float(s.q4), ds.counts.rows, ds.counts.nonfinite, source, now))
     df = spark.createDataFrame(rows, _STATS_SCHEMA)
     return io.replace_run(df, io.table_path(cfg.output, io.STATISTICS), cfg.run_id)
+
+
+def write_ngram_statistics(spark: SparkSession, cfg: JobConfig, text: TextModel) -> int:
+    now = dt.datetime.now(dt.timezone.utc)
+    st = text.settings
+    rows = [(cfg.run_id, domain, st.buckets, st.order, st.hash_name, TOKENIZER, n.n_docs, n.n_grams,
+             n.counts.tolist(), n.doc_freq.tolist(), source, now)
+            for domain, n, source in (("forget", text.forget, cfg.forget), ("retain", text.retain, cfg.retain))]
+    df = spark.createDataFrame(rows, _NGRAM_STATS_SCHEMA)
+    return io.replace_run(df, io.table_path(cfg.output, io.NGRAM_STATISTICS), cfg.run_id)
+
+
+def load_text_model(spark: SparkSession, cfg: JobConfig, run_id: str) -> TextModel:
+    """The n-gram statistics stored for ``run_id`` with ``cfg``'s text settings (InputError if
+    absent or computed with another featurizer)."""
+    settings = cfg.text_settings()
+    path = io.table_path(cfg.output, io.NGRAM_STATISTICS)
+    rows = {r["domain"]: r for r in io.read_run(spark, path, run_id).collect()}
+    stats = {}
+    for domain in ("forget", "retain"):
+        if domain not in rows:
+            raise InputError(f"no {domain} n-gram statistics stored for run {run_id!r} under {cfg.output!r}")
+        row = rows[domain]
+        stored = (row["buckets"], row["ngram_order"], row["ngram_hash"], row["tokenizer"])
+        wanted = (settings.buckets, settings.order, settings.hash_name, TOKENIZER)
+        if stored != wanted:
+            raise InputError(f"run {run_id!r} stored n-gram statistics with buckets, order, hash, tokenizer = "
+                             f"{stored}; this run has {wanted}")
+        stats[domain] = NgramStats(int(row["n_docs"]), np.asarray(row["counts"], np.int64),
+                                   np.asarray(row["doc_freq"], np.int64))
+    return TextModel(stats["forget"], stats["retain"], settings)
 
 
 def load_domain_stats(spark: SparkSession, cfg: JobConfig, run_id: str) -> dict[str, DomainStats]:
@@ -253,13 +328,17 @@ class Plan:
     model: ScoringModel
 
 
-def build_model(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats) -> ScoringModel:
-    """The scoring model of a run: its statistics with its covariance and cosine options."""
-    return ScoringModel.build(f_stats, r_stats, cfg.covariance_source, cfg.covariance, cfg.ridge,
-                              cfg.max_condition, cfg.cosine_center, cfg.covariance_rank)
+def build_model(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats,
+                text: TextModel | None = None) -> ScoringModel:
+    """The scoring model of a run: its statistics with its covariance and cosine options, and
+    lr_ngram's weights for text input."""
+    model = ScoringModel.build(f_stats, r_stats, cfg.covariance_source, cfg.covariance, cfg.ridge,
+                               cfg.max_condition, cfg.cosine_center, cfg.covariance_rank)
+    return dataclasses.replace(model, ngram=text.ngram_model()) if text else model
 
 
-def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, report: RunReport) -> Plan:
+def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, report: RunReport,
+              text: TextModel | None = None) -> Plan:
     """Validate methods and budgets against n_forget and build the scoring model (raises
     ConfigError/InputError before anything is written)."""
     methods = validate_methods(cfg.methods)
@@ -267,7 +346,7 @@ def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, re
     for b in budgets:
         if b.k == 0:
             log.warning("budget %s selects no row (floor(%g x %d) = 0)", b.label, b.budget, f_stats.n)
-    model = build_model(cfg, f_stats, r_stats)
+    model = build_model(cfg, f_stats, r_stats, text)
     report.n_forget, report.n_retain, report.dim = f_stats.n, r_stats.n, f_stats.dim
     report.covariance, report.shrinkage = model.covariance.kind, model.covariance.shrinkage
     return Plan(methods, budgets, model)
@@ -296,7 +375,7 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     model = spark.sparkContext.broadcast(plan.model)  # once: scoring and the diagnostics pass
     with _Stage(report.timings, "score_select"):
-        scores, wide = score_forget(forget, model, plan.methods, cfg.seed)
+        scores, wide = score_forget(forget, model, plan.methods, cfg.seed, cfg.selection)
         partitions = sort_partitions(f_stats.n, len(plan.methods), cfg.shuffle_partitions)
         selection = select_removal_sets(scores, plan.budgets, f_stats.n, partitions)
     try:
@@ -307,7 +386,8 @@ def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan
         with _Stage(report.timings, "diagnostics"):
             ks = sorted({b.k for b in plan.budgets if b.k > 0})
             bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
-            buckets = removal_bucket_stats(forget, model, plan.methods, cfg.seed, bounds, f_stats.dim)
+            buckets = removal_bucket_stats(forget, model, plan.methods, cfg.seed, bounds, f_stats.dim,
+                                           cfg.selection)
             report.diagnostics = diagnose(f_stats, r_stats, buckets, ks, [(b.budget, b.k) for b in plan.budgets],
                                           cfg.tolerated_eps, cfg.target_alpha)
             report.outputs.update(write_diagnostics(spark, cfg, plan, report.diagnostics))
@@ -378,12 +458,22 @@ def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
     with _Stage(report.timings, "read_check"):
         forget, retain = read_inputs(spark, cfg, report)
     with _Stage(report.timings, "statistics"):
-        f, r = compute_statistics(spark, forget, retain, cfg, report)
+        forget, retain, text = _text_statistics(spark, forget, retain, cfg)
+        f, r = compute_statistics(spark, forget, retain, cfg, report, text)
     report.n_forget, report.n_retain, report.dim = f.stats.n, r.stats.n, f.stats.dim
     check_outputs(spark, cfg, forget)  # a later score of this run must be able to write
     with _Stage(report.timings, "write_statistics"):
         write_statistics(spark, cfg, f, r)
+        if text:
+            write_ngram_statistics(spark, cfg, text)
     return report
+
+
+def _text_statistics(spark: SparkSession, forget: DataFrame, retain: DataFrame,
+                     cfg: JobConfig) -> tuple[DataFrame, DataFrame, TextModel | None]:
+    if not cfg.text_col:
+        return forget, retain, None
+    return text_statistics(spark, forget, retain, cfg)
 
 
 def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
@@ -391,12 +481,16 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
     cfg.check()
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport(cfg.run_id)
-    f_stats, r_stats = load_statistics(spark, cfg, cfg.stats_run_id or cfg.run_id)
-    report.stats_sha256 = stats_digest(f_stats, r_stats)
-    plan = make_plan(cfg, f_stats, r_stats, report)
+    stats_run = cfg.stats_run_id or cfg.run_id
+    f_stats, r_stats = load_statistics(spark, cfg, stats_run)
+    text = load_text_model(spark, cfg, stats_run) if cfg.text_col else None
+    report.stats_sha256 = stats_digest(f_stats, r_stats, text)
+    plan = make_plan(cfg, f_stats, r_stats, report, text)
     with _Stage(report.timings, "read_check"):
-        forget = normalize(io.read_source(spark, cfg.forget, "forget"), cfg.id_col, cfg.feature_col, "forget")
+        forget = normalized(spark, cfg, cfg.forget, "forget")
         check_ids(forget, cfg.id_col, "forget")
+        if text:
+            (forget,) = featurize(spark, text, forget)
     check_outputs(spark, cfg, forget)
     _ledgered(spark, cfg, report, started,
               lambda: score_and_write(spark, cfg, forget, plan, f_stats, r_stats, report))
@@ -411,13 +505,16 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     with _Stage(report.timings, "read_check"):
         forget, retain = read_inputs(spark, cfg, report)
     with _Stage(report.timings, "statistics"):
-        f, r = compute_statistics(spark, forget, retain, cfg, report)
-    plan = make_plan(cfg, f.stats, r.stats, report)
+        forget, retain, text = _text_statistics(spark, forget, retain, cfg)
+        f, r = compute_statistics(spark, forget, retain, cfg, report, text)
+    plan = make_plan(cfg, f.stats, r.stats, report, text)
     check_outputs(spark, cfg, forget)  # last check before the first write
 
     def writes() -> None:
         with _Stage(report.timings, "write_statistics"):
             report.outputs[io.STATISTICS] = write_statistics(spark, cfg, f, r)
+            if text:
+                report.outputs[io.NGRAM_STATISTICS] = write_ngram_statistics(spark, cfg, text)
         score_and_write(spark, cfg, forget, plan, f.stats, r.stats, report)
 
     _ledgered(spark, cfg, report, started, writes)

@@ -12,7 +12,7 @@ import logging
 
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -34,17 +34,21 @@ def _field(df: DataFrame, column: str, domain: str) -> T.StructField:
     return names[column]
 
 
-def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: tuple[str, ...] = ()) -> DataFrame:
-    """Select and type-check the id and feature columns; return DataFrame[id, features, *keep]
-    (``keep``: further columns passed through unchanged, e.g. a label for the evaluation)."""
+def id_column(df: DataFrame, id_col: str, domain: str) -> Column:
+    """The id column, type-checked: long or string (int and short ids become long, so every
+    run of an output folder stores one id type whatever integer width the source uses)."""
     id_field = _field(df, id_col, domain)
-    feat_field = _field(df, feature_col, domain)
     if not isinstance(id_field.dataType, _ID_TYPES):
         raise InputError(f"id column {id_col!r} of the {domain} table must be long, int or string, "
                          f"got {id_field.dataType.simpleString()}")
-    # int and short ids become long, so every run of an output folder stores one id type
-    # (long or string) whatever integer width the source table uses.
-    ident = F.col(id_col) if isinstance(id_field.dataType, T.StringType) else F.col(id_col).cast(T.LongType())
+    return F.col(id_col) if isinstance(id_field.dataType, T.StringType) else F.col(id_col).cast(T.LongType())
+
+
+def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: tuple[str, ...] = ()) -> DataFrame:
+    """Select and type-check the id and feature columns; return DataFrame[id, features, *keep]
+    (``keep``: further columns passed through unchanged, e.g. a label for the evaluation)."""
+    ident = id_column(df, id_col, domain)
+    feat_field = _field(df, feature_col, domain)
     dtype = feat_field.dataType
     feature = F.col(feature_col)
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _FLOAT_ELEMENTS):

@@ -85,18 +85,21 @@ def _rows(spark: SparkSession, cfg: JobConfig, name: str) -> list[dict[str, Any]
 def _sample_scores(spark: SparkSession, run: dict[str, Any], run_cfg: JobConfig,
                    rows: int) -> dict[str, dict[str, np.ndarray]]:
     """Scores of a seeded sample of each table, with the model the run used."""
-    from distunlearn.pipeline import build_model, load_statistics
-    from distunlearn.prepare import normalize
+    from distunlearn.pipeline import build_model, featurize, load_statistics, load_text_model, normalized
     from distunlearn.score import METHOD, SCORE, score_forget
 
-    f_stats, r_stats = load_statistics(spark, run_cfg, run["stats_run_id"] or run_cfg.run_id)
-    model = spark.sparkContext.broadcast(build_model(run_cfg, f_stats, r_stats))
+    stats_run = run["stats_run_id"] or run_cfg.run_id
+    f_stats, r_stats = load_statistics(spark, run_cfg, stats_run)
+    text = load_text_model(spark, run_cfg, stats_run) if run_cfg.text_col else None
+    model = spark.sparkContext.broadcast(build_model(run_cfg, f_stats, r_stats, text))
     out: dict[str, dict[str, np.ndarray]] = {}
     for domain, source, n in (("forget", run["forget_source"], f_stats.n), ("retain", run["retain_source"], r_stats.n)):
-        df = normalize(io.read_source(spark, source, domain), run_cfg.id_col, run_cfg.feature_col, domain)
+        df = normalized(spark, run_cfg, source, domain)
         if n > rows:
             df = df.sample(fraction=min(1.0, 1.2 * rows / n), seed=run_cfg.seed).limit(rows)
-        scores, wide = score_forget(df, model, run_cfg.methods, run_cfg.seed)
+        if text:
+            (df,) = featurize(spark, text, df)
+        scores, wide = score_forget(df, model, run_cfg.methods, run_cfg.seed, run_cfg.selection)
         try:
             collected = scores.select(METHOD, SCORE).collect()
         finally:

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from distunlearn.batches import ArrowUdf, Batch, list_to_matrix
 from distunlearn.prepare import FEATURES, ID
 from distunlearn.scoring import KERNEL_METHODS, ScoringModel
+from distunlearn.text import GRAMS, grams_of
 
 METHOD = "method"
 SCORE = "score"
@@ -49,7 +50,8 @@ def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
             if batch.mask is not None:
                 rb = rb.filter(pa.array(batch.mask))
             if rb.num_rows:
-                yield rb, batch, model.score(batch.x, methods)
+                grams = grams_of(rb.column(GRAMS)) if GRAMS in rb.schema.names else None
+                yield rb, batch, model.score(batch.x, methods, grams)
 
 
 def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
@@ -69,8 +71,20 @@ def random_score(seed: int) -> F.Column:
     return (F.xxhash64(F.lit(seed), F.col(ID)).bitwiseAND(F.lit(_MANTISSA)) / float(1 << 53)).cast("double")
 
 
+def gumbel_noise(seed: int) -> F.Column:
+    """Standard Gumbel noise -log(-log u), u in (0, 1) from xxhash64(seed, "gumbel", id): a
+    function of the seed and the id only, like :func:`random_score` but independent of it."""
+    u = (F.xxhash64(F.lit(seed), F.lit("gumbel"), F.col(ID)).bitwiseAND(F.lit(_MANTISSA)) + 0.5) / float(1 << 53)
+    return -F.log(-F.log(u))
+
+
+def scoring_columns(forget: DataFrame, methods: tuple[str, ...]) -> list[str]:
+    """The columns the kernel reads: id, features, and the n-grams for lr_ngram."""
+    return [ID, FEATURES] + ([GRAMS] if "lr_ngram" in methods and GRAMS in forget.columns else [])
+
+
 def score_forget(forget: DataFrame, model: Broadcast[ScoringModel], methods: tuple[str, ...],
-                 seed: int) -> tuple[DataFrame, DataFrame]:
+                 seed: int, selection: str = "topk") -> tuple[DataFrame, DataFrame]:
     """Long-format scores DataFrame[id, method, score], one row per (forget row, method), and
     the persisted wide frame (id, one column per method) it is a view of.
 
@@ -81,13 +95,20 @@ def score_forget(forget: DataFrame, model: Broadcast[ScoringModel], methods: tup
     (measured, docs/BENCHMARKS.md); the removal sets' statistics re-score instead
     (:func:`distunlearn.aggregate.removal_bucket_stats`).  The caller unpersists it, and
     owns ``model``, the broadcast model (one broadcast serves every pass of a run).
+
+    ``selection = "gumbel"`` adds :func:`gumbel_noise` to every score: the top k of the
+    perturbed scores are k rows drawn without replacement with probability proportional to
+    exp(score) (Gumbel top-k; Kool et al. 2019), and the stored score is the perturbed one.
     """
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
     id_type = forget.schema[ID].dataType
     schema = T.StructType([T.StructField(ID, id_type, False)]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
-    wide = forget.select(ID, FEATURES).mapInArrow(_scorer(model, kernel), schema)
+    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(model, kernel), schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
+    if selection == "gumbel":  # the ranking key becomes score + G(seed, id)
+        noise = gumbel_noise(seed)
+        wide = wide.select(ID, *[(F.col(m) + noise).alias(m) for m in methods])
     wide = wide.persist(SCRATCH)
     return wide.unpivot([ID], list(methods), METHOD, SCORE), wide

@@ -17,7 +17,12 @@ lr_maha    d_M(x, mu2) - d_M(x, mu1)                        O(d^2) / O(d) / O(d 
 lr_cos     d_cos(x, mu2) - d_cos(x, mu1)                    O(d)
 lr_gauss   1/2 [d_M(x, mu2)^2 - d_M(x, mu1)^2]              O(d), one GEMV
 coreset    -||x - mu1||                                     O(d)
+lr_ngram   sum_j c_j(x) (log theta1_j - log theta2_j)       O(n-grams of x)  [text]
 =========  ===============================================  ==========================
+
+[text] lr_ngram scores the hashed n-gram counts c(x) of a text column with the multinomial
+log-likelihood ratio (:mod:`distunlearn.text`); the other methods score its projected TF-IDF
+features there.
 
 [*] dense covariance (full, ledoit_wolf, ridge) / diagonal / lowrank of rank r.
 
@@ -58,8 +63,9 @@ from numpy.typing import NDArray
 from distunlearn.covariance import CovarianceEstimate, estimate_covariance, pooled
 from distunlearn.errors import ConfigError
 from distunlearn.stats import Array, GaussianStats
+from distunlearn.text import NgramModel
 
-METHODS = ("random", "mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gauss", "coreset")
+METHODS = ("random", "mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gauss", "coreset", "lr_ngram")
 DEFAULT_METHODS = ("lr_gauss", "maha_mu2", "mu2", "random")
 #: Methods computed by the numpy kernel; ``random`` is a Spark SQL hash of the id.
 KERNEL_METHODS = tuple(m for m in METHODS if m != "random")
@@ -223,6 +229,7 @@ class ScoringModel:
     cos_u1: Array  # unit vector of mu1 - cos_center
     cos_u2: Array  # unit vector of mu2 - cos_center
     covariance: CovarianceEstimate
+    ngram: NgramModel | None = None  # lr_ngram's weights (text input only)
 
     @property
     def dim(self) -> int:
@@ -274,11 +281,17 @@ class ScoringModel:
             covariance=est,
         )
 
-    def score(self, x: NDArray[np.floating], methods: tuple[str, ...]) -> dict[str, Array]:
-        """Scores of the rows of ``x`` (shape (n, d)) for each kernel method, float64 (n,)."""
+    def score(self, x: NDArray[np.floating], methods: tuple[str, ...],
+              grams: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None) -> dict[str, Array]:
+        """Scores of the rows of ``x`` (shape (n, d)) for each kernel method, float64 (n,).
+        ``grams``: the rows' n-gram buckets and counts per row (text input; lr_ngram)."""
         x = np.asarray(x, dtype=np.float64)
         out: dict[str, Array] = {}
         need = set(methods)
+        if "lr_ngram" in need:
+            if self.ngram is None or grams is None:
+                raise ConfigError("method lr_ngram scores text: give the text column with --text-col")
+            out["lr_ngram"] = self.ngram.score(*grams)
         if need & {"maha_mu2", "lr_maha"}:
             dist = self.kernel.distances(x, 2 if "lr_maha" in need else 1)
             if "maha_mu2" in need:
