@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo test lint clean browser results bench cluster-env cluster-up cluster-down
+.PHONY: install demo demo-text test lint clean browser results bench cluster-env cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/distunlearn demo --config conf/local.yaml --output $(DEMO_OUTPUT)
+
+# The text path on the vendored SpamAssassin sample (README, "Text input").
+demo-text: $(STAMP)
+	$(BIN)/distunlearn demo --text --config conf/text.example.yaml --output $(DEMO_OUTPUT)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import re
 import struct
@@ -20,6 +19,7 @@ import xxhash
 from pyspark.sql import functions as F
 
 from conftest import make_config, read_delta
+from distunlearn.demo import spam_sample
 from distunlearn.errors import ConfigError, InputError
 from distunlearn.pipeline import run_pipeline, run_score
 from distunlearn.text import (
@@ -35,7 +35,6 @@ from distunlearn.text import (
     tokens,
 )
 
-SAMPLE = Path(__file__).parent / "data" / "spamassassin_sample.jsonl"
 WORD_PUNCT = re.compile(r"\w+|[^\w\s]+")  # NLTK's WordPunctTokenizer, which DSIR uses
 
 
@@ -157,14 +156,10 @@ def test_text_settings_are_checked():
 
 
 # ----------------------------------------------------------------------------- end to end
-def _sample() -> pd.DataFrame:
-    return pd.DataFrame([json.loads(line) for line in SAMPLE.read_text().splitlines()])
-
-
 @pytest.fixture(scope="module")
 def corpus(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
-    sample = _sample()
+    sample = spam_sample()
     paths = {}
     for domain, label in (("forget", "spam"), ("retain", "ham")):
         pdf = sample[sample.label == label][["id", "text"]]

@@ -29,7 +29,7 @@ DESCRIPTION = """\
 Distributional unlearning by selective data removal (Allouah et al., arXiv 2507.15112).
 
 Given a forget table (rows of an unwanted domain) and a retain table (rows to keep), each
-with an id and a feature vector, score every forget row and write, for each method and
+with an id and a feature vector (or a text column), score every forget row and write, for each method and
 deletion budget, the exact top-k removal set to the Delta table <output>/removal_sets.
 """
 
@@ -41,7 +41,8 @@ subcommands:
   evaluate  train a classifier per method and budget on the edited data, measure it on
          held-out rows (evaluation, evaluation_summary); --forget/--retain default to the run's
   report  write one self-contained HTML page of a run's evidence (--html FILE)
-  demo   generate seeded Gaussian demo tables and run the job on them
+  demo   generate seeded Gaussian demo tables and run the job on them (--text: text tables
+         from a vendored SpamAssassin sample, run with --text-col)
   apply  apply one removal set (--run-id, --method, --budget) to --table: delete in place
          (MERGE, idempotent, conservation checked) or --mode copy --target DST
   verify exit 0 only when none of the removal set's ids is readable in --table (--as-of V)
@@ -72,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate": "train a classifier per method and budget on the edited data and measure it on "
                     "held-out rows; writes evaluation and evaluation_summary",
         "report": "write a self-contained HTML page with the run's figures and tables",
-        "demo": "generate seeded Gaussian demo data (low and high separability) and run on it",
+        "demo": "generate seeded Gaussian demo data (low and high separability) and run on it; "
+                "--text: the job on a vendored sample of SpamAssassin messages instead",
         "apply": "apply one removal set to --table: MERGE ... DELETE in place (idempotent) or a "
                  "cleaned copy (--mode copy --target)",
         "verify": "check that none of a removal set's ids is readable in --table (exit 3 otherwise)",
@@ -85,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--forget-rows", type=int, default=20_000, help="forget rows per pair (default: 20000)")
             p.add_argument("--retain-rows", type=int, default=100_000, help="retain rows per pair (default: 100000)")
             p.add_argument("--dim", type=int, default=16, help="feature dimension (default: 16)")
+            p.add_argument("--text", action="store_true",
+                           help="instead: the vendored SpamAssassin sample (40 spam to forget, 40 ham to "
+                                "retain) with --text-col text; lr_ngram is added to the methods")
         add_arguments(p)
         if name == "demo":
             p.set_defaults(output="demo-output")
@@ -92,8 +97,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> int:
-    from distunlearn.demo import write_demo_tables
+    from distunlearn.demo import write_demo_tables, write_text_tables
     from distunlearn.pipeline import run_pipeline
+
+    if args.text:
+        d = write_text_tables(spark, str(Path(cfg.output).resolve()))
+        methods = cfg.methods if "lr_ngram" in cfg.methods else ("lr_ngram", *cfg.methods)
+        run_cfg = dataclasses.replace(cfg, forget=d.forget, retain=d.retain, id_col="id", text_col="text",
+                                      methods=methods, run_id="demo-text")
+        print(run_pipeline(spark, run_cfg.check()).table())
+        print(f"\nDelta tables under {Path(cfg.output).resolve()}: removal_sets, statistics, ngram_statistics, "
+              "diagnostics, calibration, runs")
+        return 0
 
     for name, value in (("forget-rows", args.forget_rows), ("retain-rows", args.retain_rows), ("dim", args.dim)):
         if value < (2 if name != "dim" else 1):

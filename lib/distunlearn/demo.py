@@ -1,4 +1,6 @@
-"""Seeded Gaussian demo data: a low- and a high-separability forget/retain pair.
+"""Demo data: seeded Gaussians (a low- and a high-separability forget/retain pair), and a
+text pair from the vendored SpamAssassin sample (``data/spamassassin_sample.jsonl``: 40 spam
+and 40 ham messages; provenance and licence in ``data/README.md``).
 
 forget ~ N(0, I_d) and retain ~ N(mu, I_d), with mu = sep * e_1 / 1 so that
 kappa = KL(p1 || p2) = sep^2 / 2 (shared identity covariance):
@@ -12,8 +14,10 @@ Delta tables with Spark.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,3 +61,26 @@ def write_demo_tables(spark: SparkSession, root: str, forget_rows: int, retain_r
                  dim, sep * sep / 2)
         out.append(DemoData(name, paths["forget"], paths["retain"], sep * sep / 2))
     return out
+
+
+SPAM_SAMPLE = Path(__file__).parent / "data" / "spamassassin_sample.jsonl"
+
+
+def spam_sample() -> pd.DataFrame:
+    """The vendored SpamAssassin sample: id, label ("spam"/"ham"), source, text."""
+    return pd.DataFrame([json.loads(line) for line in SPAM_SAMPLE.read_text().splitlines()])
+
+
+def write_text_tables(spark: SparkSession, root: str) -> DemoData:
+    """``<root>/data/text/{forget,retain}`` Delta tables (id, text): forget = spam, retain = ham."""
+    sample = spam_sample()
+    paths = {}
+    for domain, label in (("forget", "spam"), ("retain", "ham")):
+        path = f"{root.rstrip('/')}/data/text/{domain}"
+        pdf = sample[sample.label == label][["id", "text"]]
+        (spark.createDataFrame(pdf, "id long, text string").repartition(2)
+         .write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path))
+        paths[domain] = path
+    log.info("demo text: %d spam (forget) and %d ham (retain) messages", (sample.label == "spam").sum(),
+             (sample.label == "ham").sum())
+    return DemoData("text", paths["forget"], paths["retain"], float("nan"))

@@ -49,11 +49,20 @@ def _fit(stats: GaussianStats, name: str) -> tuple[Array, Array, np.ndarray, flo
     try:
         chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
+        # Rank-deficient (n <= d): rounding leaves eigenvalues slightly below zero, so the
+        # jitter grows by 1000x until the factorisation succeeds (1e-9, 1e-6, 1e-3).
         scale = max(float(np.trace(cov)) / stats.dim, np.finfo(float).tiny)
+        for jitter in (_JITTER, _JITTER * 1e3, _JITTER * 1e6):
+            try:
+                chol = np.linalg.cholesky(cov + jitter * scale * np.eye(stats.dim))
+                break
+            except np.linalg.LinAlgError:
+                continue
+        else:
+            raise
         log.warning("%s: maximum-likelihood covariance is singular (n=%d, d=%d); adding %.1g x mean "
-                    "variance to its diagonal for the KL diagnostics", name, stats.n, stats.dim, _JITTER)
-        cov = cov + _JITTER * scale * np.eye(stats.dim)
-        chol = np.linalg.cholesky(cov)
+                    "variance to its diagonal for the KL diagnostics", name, stats.n, stats.dim, jitter)
+        cov = cov + jitter * scale * np.eye(stats.dim)
     logdet = 2.0 * float(np.sum(np.log(np.diag(chol))))
     return stats.mean, cov, chol, logdet
 
