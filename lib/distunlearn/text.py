@@ -86,13 +86,20 @@ def tokens(text: Column) -> Column:
 
 
 def ngrams(toks: Column, order: int) -> Column:
-    """array<string>: the n-grams of orders 1 .. ``order``, unigrams first, tokens joined by ' '."""
-    def grams_of_order(m: int) -> Column:  # the m tokens starting at each position i (1-based)
-        n = F.size(toks)
-        grams = F.transform(F.sequence(F.lit(1), n - m + 1), lambda i: F.array_join(F.slice(toks, i, m), " "))
-        return F.when(n >= m, grams).otherwise(F.array().cast("array<string>"))
+    """array<string>: the n-grams of orders 1 .. ``order``, unigrams first, tokens joined by ' '.
 
-    parts = [toks] + [grams_of_order(m) for m in range(2, order + 1)]
+    The m-grams are the (m-1)-grams but the last, zipped with the tokens from the m-th on:
+    ``toks`` appears only outside lambdas, so it is evaluated a few times per document, never
+    once per n-gram (a lambda slicing ``toks`` re-evaluated the tokenizer for every element:
+    quadratic in the document's length, 400 messages took minutes).
+    """
+    n = F.size(toks)
+    parts, previous = [toks], toks
+    for m in range(2, order + 1):
+        count = F.greatest(n - m + 1, F.lit(0))  # m-grams of a document of n tokens
+        previous = F.zip_with(F.slice(previous, 1, count), F.slice(toks, m, count),
+                              lambda a, b: F.concat_ws(" ", a, b))
+        parts.append(previous)
     return F.concat(*parts) if len(parts) > 1 else toks
 
 
@@ -149,8 +156,12 @@ def normalize_text(df: DataFrame, id_col: str, text_col: str, domain: str, setti
     if not isinstance(field.dataType, T.StringType):
         raise InputError(f"text column {text_col!r} of the {domain} table must be string, "
                          f"got {field.dataType.simpleString()}")
-    grams = hashed_ngrams(F.col(text_col), settings.buckets, settings.order, settings.hash_name)
-    return df.select(ident.alias(ID), grams.alias(GRAMS))
+    # Two projections: Spark keeps them apart (the tokens are used several times and are not
+    # cheap to recompute), so each document is tokenized once.
+    toks = df.select(ident.alias(ID), tokens(F.col(text_col)).alias("_tokens"))
+    grams = F.transform(ngrams(F.col("_tokens"), settings.order),
+                        lambda g: bucket(g, settings.buckets, settings.hash_name))
+    return toks.select(ID, grams.alias(GRAMS))
 
 
 def grams_of(column: pa.Array | pa.ChunkedArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
