@@ -4,12 +4,14 @@ A forget or retain table may carry a text column (``--text-col``) instead of a f
 
 **Featurizer** (Spark SQL, no Python per row; :func:`hashed_ngrams`):
 
-1. lowercase the text (Spark's ``lower``);
-2. tokenize: runs of word characters, or runs of other non-space characters: NLTK's
-   ``WordPunctTokenizer`` (``\\w+|[^\\w\\s]+`` in Python, which DSIR uses).  In Java the
-   word class is spelled out as Python's: letters, numbers and underscore,
-   ``[\\p{L}\\p{N}_]`` (Java's own Unicode ``\\w`` also takes combining marks, which split
-   tokens in Python); ``(?U)`` makes ``\\s`` Unicode whitespace, as Python's is;
+1. lowercase the text (Spark's ``lower``: ICU's case mapping; Python's ``str.lower`` differs
+   on a few special cases);
+2. tokenize with ``(?U)\\w+|[^\\w\\s]+``: runs of word characters, or runs of other non-space
+   characters.  This is NLTK's ``WordPunctTokenizer``, which DSIR uses, as NLTK >= 3.10.3 runs
+   it: with the ``regex`` module, whose Unicode ``\\w`` (letters, marks, decimal digits,
+   connector punctuation) and ``\\s`` are the classes of Java's ``(?U)``.  NLTK <= 3.10.2 used
+   Python's ``re``, whose ``\\w`` differs on combining marks and "other numbers" (1/2, ^2);
+   ``docs/DSIR.md`` counts the documents where that matters;
 3. n-grams of orders 1 .. ``ngram_order`` (default 2: unigrams and bigrams), the tokens of an
    n-gram joined with one space;
 4. bucket = hash(n-gram) mod ``ngram_buckets``, with ``ngram_hash``:
@@ -69,7 +71,7 @@ from distunlearn.prepare import FEATURES, ID, _field, id_column
 log = logging.getLogger(__name__)
 
 GRAMS = "grams"
-TOKEN_PATTERN = r"(?U)[\p{L}\p{N}_]+|[^\p{L}\p{N}_\s]+"
+TOKEN_PATTERN = r"(?U)\w+|[^\w\s]+"
 TOKENIZER = "lower + regexp " + TOKEN_PATTERN
 NGRAM_HASHES = ("xxhash64", "sha256")
 MAX_BUCKETS = 1 << 24
