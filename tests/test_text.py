@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -282,3 +284,32 @@ def test_grams_column_is_what_the_featurizer_writes(spark):
     row = normalize_text(df, "id", "text", "forget", TextSettings(buckets=10000, hash_name="sha256")).first()
     assert row.asDict().keys() == {"id", GRAMS}
     assert row[GRAMS] == [ref_bucket(g, 10000, "sha256") for g in ["buy", "now", "buy now"]]
+
+
+# ----------------------------------------------------------------------------- sentence embeddings
+def test_sentence_embeddings_are_optional_and_never_downloaded(tmp_path):
+    if importlib.util.find_spec("sentence_transformers") is None:  # the default install
+        with pytest.raises(ConfigError, match="text_embedding_model needs the sentence-transformers package"):
+            make_config(tmp_path, "f", "r", text_col="text", text_embedding_model=str(tmp_path))
+    else:
+        with pytest.raises(ConfigError, match="is not a folder: give a sentence-transformers model saved locally"):
+            make_config(tmp_path, "f", "r", text_col="text", text_embedding_model=str(tmp_path / "missing"))
+
+
+def test_sentence_embedding_features_are_the_models(spark, corpus):
+    """Runs only where sentence-transformers and a local model are present (the default install
+    has neither): DISTUNLEARN_TEST_EMBEDDING_MODEL=<model folder>."""
+    pytest.importorskip("sentence_transformers")
+    path = os.environ.get("DISTUNLEARN_TEST_EMBEDDING_MODEL", "")
+    if not path:
+        pytest.skip("DISTUNLEARN_TEST_EMBEDDING_MODEL (a locally saved sentence-transformers model) is not set")
+    from sentence_transformers import SentenceTransformer
+
+    root, paths, sample = corpus
+    cfg = make_config(root, paths["forget"], paths["retain"], text_col="text", text_embedding_model=path,
+                      methods=("lr_gauss", "lr_ngram"), budgets=(0.5,), budget_counts=(), run_id="embed",
+                      output=str(root / "embed-out"))
+    run_pipeline(spark, cfg)
+    x = SentenceTransformer(path, device="cpu").encode(list(sample[sample.label == "spam"].text))
+    gauss = read_delta(Path(cfg.output) / "statistics").set_index("domain")
+    np.testing.assert_allclose(np.asarray(gauss.loc["forget", "mean"]), x.mean(0), rtol=1e-3, atol=1e-5)

@@ -88,6 +88,10 @@ class JobConfig:
     ngram_length_norm: bool = _f(False, "text: divide lr_ngram by the document's n-gram count")
     text_dim: int = _f(64, "text: dimensions of the seeded random projection of TF-IDF vectors that the "
                            "Gaussian methods score")
+    text_embedding_model: str = _f("", "text: folder of a locally saved sentence-transformers model whose "
+                                   "embeddings replace the TF-IDF projection as the Gaussian methods' "
+                                   "features (needs the optional sentence-transformers package on driver "
+                                   "and workers; nothing is downloaded at run time)")
     seed: int = _f(0, "seed of the random method (a hash of seed and id; independent of "
                       "partitioning)")
     on_invalid: str = _f("fail", "rows whose features contain NaN or +-inf: 'fail' the run, or "
@@ -160,7 +164,7 @@ class JobConfig:
     def text_settings(self) -> TextSettings:
         """The featurizer and n-gram options, checked (ConfigError)."""
         return TextSettings(self.ngram_buckets, self.ngram_order, self.ngram_hash, self.ngram_smoothing,
-                            self.ngram_length_norm, self.text_dim, self.seed).check()
+                            self.ngram_length_norm, self.text_dim, self.seed, self.text_embedding_model).check()
 
     def check(self, required: tuple[str, ...] = ("forget", "retain", "output", "run_id")) -> JobConfig:
         """Raise ConfigError for missing or malformed values; return self for chaining."""

@@ -49,11 +49,15 @@ up to O(1/sqrt(d))).  An empty document maps to the zero vector.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +75,7 @@ from distunlearn.prepare import FEATURES, ID, _field, id_column
 log = logging.getLogger(__name__)
 
 GRAMS = "grams"
+TEXT = "_text"  # the raw text, carried only for sentence embeddings
 TOKEN_PATTERN = r"(?U)\w+|[^\w\s]+"
 TOKENIZER = "lower + regexp " + TOKEN_PATTERN
 NGRAM_HASHES = ("xxhash64", "sha256")
@@ -136,6 +141,7 @@ class TextSettings:
     length_norm: bool = False
     dim: int = 64
     seed: int = 0
+    embedding_model: str = ""  # a local sentence-transformers model instead of the projection
 
     def check(self) -> TextSettings:
         if not 2 <= self.buckets <= MAX_BUCKETS:
@@ -148,6 +154,14 @@ class TextSettings:
             raise ConfigError(f"ngram_smoothing must be a positive number, got {self.smoothing}")
         if self.dim < 1:
             raise ConfigError(f"text_dim must be at least 1, got {self.dim}")
+        if self.embedding_model:
+            if importlib.util.find_spec("sentence_transformers") is None:
+                raise ConfigError("text_embedding_model needs the sentence-transformers package, which is not "
+                                  "installed (it is not part of the default install: pip install "
+                                  "sentence-transformers into the job's environment)")
+            if not Path(self.embedding_model).is_dir():
+                raise ConfigError(f"text_embedding_model {self.embedding_model!r} is not a folder: give a "
+                                  "sentence-transformers model saved locally (nothing is downloaded at run time)")
         return self
 
 
@@ -160,10 +174,11 @@ def normalize_text(df: DataFrame, id_col: str, text_col: str, domain: str, setti
                          f"got {field.dataType.simpleString()}")
     # Two projections: Spark keeps them apart (the tokens are used several times and are not
     # cheap to recompute), so each document is tokenized once.
-    toks = df.select(ident.alias(ID), tokens(F.col(text_col)).alias("_tokens"))
+    text = [F.col(text_col).alias(TEXT)] if settings.embedding_model else []
+    toks = df.select(ident.alias(ID), tokens(F.col(text_col)).alias("_tokens"), *text)
     grams = F.transform(ngrams(F.col("_tokens"), settings.order),
                         lambda g: bucket(g, settings.buckets, settings.hash_name))
-    return toks.select(ID, grams.alias(GRAMS))
+    return toks.select(ID, grams.alias(GRAMS), *([TEXT] if text else []))
 
 
 def grams_of(column: pa.Array | pa.ChunkedArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -323,27 +338,66 @@ class TextProjection:
         return np.asarray(tfidf @ self.matrix(), dtype=np.float32)  # type: ignore[operator]
 
 
-def _featurizer(broadcast: Broadcast[TextProjection]) -> ArrowUdf:
+    def features(self, rb: pa.RecordBatch) -> NDArray[np.float32]:
+        return self.project(*grams_of(rb.column(GRAMS)))
+
+
+_EMBEDDERS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class SentenceEmbedder:
+    """Dense text features from a locally saved sentence-transformers model (optional; the
+    package is not a dependency).  Loaded once per Python process, offline, on the CPU with one
+    thread (like the BLAS kernels)."""
+
+    model_path: str
+    batch_size: int = 64
+
+    def model(self) -> Any:
+        if self.model_path not in _EMBEDDERS:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(1)
+            _EMBEDDERS[self.model_path] = SentenceTransformer(self.model_path, device="cpu")
+        return _EMBEDDERS[self.model_path]
+
+    def features(self, rb: pa.RecordBatch) -> NDArray[np.float32]:
+        texts = rb.column(TEXT).to_pylist()
+        out = self.model().encode(texts, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+
+class Featurizer(Protocol):
+    def features(self, rb: pa.RecordBatch) -> NDArray[np.float32]: ...
+
+
+def _featurizer(broadcast: Broadcast[Featurizer]) -> ArrowUdf:
     def partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from threadpoolctl import threadpool_limits
 
-        projection = broadcast.value
+        featurizer = broadcast.value
         with threadpool_limits(limits=1, user_api="blas"):
             for rb in batches:
-                column = rb.column(GRAMS)
-                x = projection.project(*grams_of(column))
+                x = featurizer.features(rb)
                 flat = pa.array(x.ravel(), pa.float32())
-                features = pa.FixedSizeListArray.from_arrays(flat, projection.dim).cast(pa.list_(pa.float32()))
-                yield pa.RecordBatch.from_arrays([rb.column(ID), features, column], names=[ID, FEATURES, GRAMS])
+                features = pa.FixedSizeListArray.from_arrays(flat, x.shape[1]).cast(pa.list_(pa.float32()))
+                yield pa.RecordBatch.from_arrays([rb.column(ID), features, rb.column(GRAMS)],
+                                                 names=[ID, FEATURES, GRAMS])
 
     return partition
 
 
-def with_features(df: DataFrame, projection: Broadcast[TextProjection]) -> DataFrame:
-    """DataFrame[id, features, grams] from DataFrame[id, grams]: the projected TF-IDF vectors."""
+def with_features(df: DataFrame, featurizer: Broadcast[Featurizer]) -> DataFrame:
+    """DataFrame[id, features, grams] from DataFrame[id, grams] (and the text for sentence
+    embeddings): the projected TF-IDF vectors, or the embeddings."""
     schema = T.StructType([df.schema[ID], T.StructField(FEATURES, T.ArrayType(T.FloatType())),
                            df.schema[GRAMS]])
-    return df.select(ID, GRAMS).mapInArrow(_featurizer(projection), schema)
+    columns = [ID, GRAMS] + ([TEXT] if TEXT in df.columns else [])
+    return df.select(*columns).mapInArrow(_featurizer(featurizer), schema)
 
 
 @dataclass(frozen=True)
@@ -354,7 +408,11 @@ class TextModel:
     retain: NgramStats
     settings: TextSettings
 
-    def projection(self) -> TextProjection:
+    def projection(self) -> Featurizer:
+        """What turns documents into the Gaussian methods' features: the TF-IDF projection, or
+        the sentence embeddings of ``embedding_model``."""
+        if self.settings.embedding_model:
+            return SentenceEmbedder(self.settings.embedding_model)
         return TextProjection.build(self.forget, self.retain, self.settings.dim, self.settings.seed)
 
     def ngram_model(self) -> NgramModel:
