@@ -313,3 +313,26 @@ def test_sentence_embedding_features_are_the_models(spark, corpus):
     x = SentenceTransformer(path, device="cpu").encode(list(sample[sample.label == "spam"].text))
     gauss = read_delta(Path(cfg.output) / "statistics").set_index("domain")
     np.testing.assert_allclose(np.asarray(gauss.loc["forget", "mean"]), x.mean(0), rtol=1e-3, atol=1e-5)
+
+
+def test_a_feature_run_never_merges_a_text_runs_statistics(spark, tmp_path):
+    """Same Delta sources, same output: a feature run after a text run (whose projected features
+    have the same dimension) recomputes its statistics instead of taking the text run's."""
+    rng = np.random.default_rng(4)
+    paths = {}
+    for domain, shift in (("forget", 0.0), ("retain", 2.0)):
+        pdf = pd.DataFrame({"id": range(12), "text": [f"word{i % 3} spam{i % 2}" for i in range(12)],
+                            "features": list(rng.standard_normal((12, 2)) + shift)})
+        paths[domain] = str(tmp_path / domain)
+        spark.createDataFrame(pdf, "id long, text string, features array<double>").write.format("delta").save(
+            paths[domain])
+    base = dict(methods=("lr_gauss",), budgets=(0.5,), budget_counts=())
+    run_pipeline(spark, make_config(tmp_path, paths["forget"], paths["retain"], text_col="text", text_dim=2,
+                                    run_id="as-text", **base))
+    report = run_pipeline(spark, make_config(tmp_path, paths["forget"], paths["retain"], run_id="as-features",
+                                             **base))
+    assert report.statistics_mode == "full"
+    stats = read_delta(tmp_path / "out" / "statistics")
+    mean = stats[(stats.run_id == "as-features") & (stats.domain == "forget")]["mean"].iloc[0]
+    features = read_delta(paths["forget"]).sort_values("id")["features"]
+    np.testing.assert_allclose(np.asarray(mean), np.vstack(features).mean(0), rtol=1e-12)

@@ -36,12 +36,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from distunlearn import io
-from distunlearn.config import JobConfig
+from distunlearn.config import FIELDS, JobConfig
 
 log = logging.getLogger(__name__)
 
-#: Config fields the statistics depend on: a base run must agree on all of them.
-STATISTICS_FIELDS = ("id_col", "feature_col", "on_invalid")
+#: Config fields the statistics depend on: a base run must agree on all of them (a run that
+#: recorded no value, from before a field existed, had the field's default).  ``text_col``
+#: keeps a feature run from merging the projected features of a text run.
+STATISTICS_FIELDS = ("id_col", "feature_col", "on_invalid", "text_col")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def find_base(spark: SparkSession, cfg: JobConfig, inputs: dict[str, Input]) -> 
     mine = {name: getattr(cfg, name) for name in STATISTICS_FIELDS}
     for row in candidates:
         theirs = json.loads(row["config"])
-        if any(theirs.get(name) != value for name, value in mine.items()):
+        if any(theirs.get(name, FIELDS[name].default) != value for name, value in mine.items()):
             continue
         versions = {"forget": int(row["forget_version"]), "retain": int(row["retain_version"])}
         if not _has_statistics(spark, cfg, row["run_id"]):
