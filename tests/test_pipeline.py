@@ -10,7 +10,7 @@ import pytest
 
 from conftest import frame, gaussian_tables, make_config, read_delta, write_table
 from distunlearn.pipeline import run_pipeline, run_score, run_stats
-from distunlearn.scoring import METHODS
+from distunlearn.scoring import FEATURE_METHODS as METHODS  # lr_ngram needs text
 
 
 def reference_scores(xf: np.ndarray, xr: np.ndarray, source: str = "pooled") -> dict[str, np.ndarray]:

@@ -15,8 +15,11 @@ from sklearn.covariance import ledoit_wolf
 
 from distunlearn.covariance import CovarianceEstimate
 from distunlearn.errors import ConfigError
-from distunlearn.scoring import KERNEL_METHODS, METHODS, ScoringModel, validate_methods
+from distunlearn.scoring import FEATURE_METHODS, KERNEL_METHODS, METHODS, ScoringModel, validate_methods
 from distunlearn.stats import GaussianStats
+
+#: The kernels of feature vectors (lr_ngram scores n-gram counts: tests/test_text.py).
+FEATURE_KERNELS = tuple(m for m in FEATURE_METHODS if m != "random")
 
 D = 6
 
@@ -84,11 +87,13 @@ def build(f: np.ndarray, r: np.ndarray, **kw: object) -> ScoringModel:
 # --------------------------------------------------------------------------- kernels
 def test_kernel_methods_are_all_methods_but_random() -> None:
     assert set(KERNEL_METHODS) == set(METHODS) - {"random"}
-    assert set(KERNEL_METHODS) == {"mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gauss", "coreset"}
+    assert set(KERNEL_METHODS) == {"mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gauss", "coreset",
+                                   "lr_ngram"}
+    assert set(FEATURE_KERNELS) == set(KERNEL_METHODS) - {"lr_ngram"}
 
 
 @pytest.mark.parametrize("source", ["pooled", "retain"])
-@pytest.mark.parametrize("method", KERNEL_METHODS)
+@pytest.mark.parametrize("method", FEATURE_KERNELS)
 def test_kernel_matches_reference(method: str, source: str) -> None:
     """Each kernel, full covariance on well-conditioned data, vs the row-loop reference."""
     f, r, x = make_domains(1)
@@ -115,10 +120,10 @@ def test_all_methods_in_one_call_match_reference() -> None:
     same values as the references; 'random' is not produced."""
     f, r, x = make_domains(2)
     sigma = sigma_for("pooled", f, r)
-    got = build(f, r).score(x.astype(np.float32), tuple(METHODS))
+    got = build(f, r).score(x.astype(np.float32), FEATURE_METHODS)
     x64 = x.astype(np.float32).astype(np.float64)
-    assert set(got) == set(KERNEL_METHODS)
-    for m in KERNEL_METHODS:
+    assert set(got) == set(FEATURE_KERNELS)
+    for m in FEATURE_KERNELS:
         np.testing.assert_allclose(got[m], reference_scores(m, x64, f, r, sigma), rtol=1e-9, atol=1e-9,
                                    err_msg=m)
 
@@ -295,9 +300,9 @@ def test_lowrank_in_high_dimension_matches_dense_solve() -> None:
 def test_lowrank_rank_d_minus_1_scores_like_full() -> None:
     """r = d - 1 makes Sigma = S, so every kernel method scores as with covariance="full"."""
     f, r, x = make_domains(15)
-    low = build(f, r, covariance="lowrank", covariance_rank=D - 1).score(x, KERNEL_METHODS)
-    full = build(f, r, covariance="full").score(x, KERNEL_METHODS)
-    for m in KERNEL_METHODS:
+    low = build(f, r, covariance="lowrank", covariance_rank=D - 1).score(x, FEATURE_KERNELS)
+    full = build(f, r, covariance="full").score(x, FEATURE_KERNELS)
+    for m in FEATURE_KERNELS:
         np.testing.assert_allclose(low[m], full[m], rtol=1e-8, atol=1e-9, err_msg=m)
 
 
@@ -315,7 +320,7 @@ def test_structured_model_is_small_and_needs_no_dense_matrix(kind: str, monkeypa
 
     monkeypatch.setattr(CovarianceEstimate, "matrix", property(no_dense))
     model = build(f, r, covariance=kind, covariance_rank=rank)
-    model.score(r[:50], KERNEL_METHODS)
+    model.score(r[:50], FEATURE_KERNELS)
     size = len(pickle.dumps(model))
     assert size < 20 * d * 8 + (d * rank * 8 if kind == "lowrank" else 0), size
 

@@ -69,6 +69,8 @@ METHODS = ("random", "mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gaus
 DEFAULT_METHODS = ("lr_gauss", "maha_mu2", "mu2", "random")
 #: Methods computed by the numpy kernel; ``random`` is a Spark SQL hash of the id.
 KERNEL_METHODS = tuple(m for m in METHODS if m != "random")
+#: Methods that score a feature vector: all but lr_ngram, which scores n-gram counts (text input).
+FEATURE_METHODS = tuple(m for m in METHODS if m != "lr_ngram")
 _MAHALANOBIS = frozenset({"maha_mu2", "lr_maha", "lr_gauss"})
 COVARIANCE_SOURCES = ("pooled", "retain")
 COSINE_CENTERS = ("none", "pooled_mean")
