@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from distunlearn.batches import ArrowUdf, InputCounts, list_to_matrix
 from distunlearn.errors import InputError
-from distunlearn.prepare import FEATURES, ID
+from distunlearn.prepare import FEATURES, GROUP, ID
 from distunlearn.score import gumbel_noise, random_score, score_batches, scoring_columns
 from distunlearn.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.stats import GaussianStats
@@ -125,33 +126,59 @@ def _bucket_of(scores: np.ndarray, ids: pa.Array, bounds: list[tuple[float, obje
     return outside
 
 
-def _bucket_aggregator(broadcast: object, methods: tuple[str, ...],
-                       bounds: dict[str, list[tuple[float, object]]]) -> ArrowUdf:
+K = TypeVar("K")
+
+
+def _merge_keyed(a: dict[K, GaussianStats], b: dict[K, GaussianStats]) -> dict[K, GaussianStats]:
+    """treeAggregate's combiner of keyed statistics: the union, merging equal keys."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out[key].merge(value) if key in out else value
+    return out
+
+
+#: Bounds of one method: per group, the (score, id) of the last row of each nested set
+#: (sorted by size); the key None holds global bounds that apply to every row.
+Bounds = dict[str | None, list[tuple[float, object]]]
+
+
+def _bucket_aggregator(broadcast: object, methods: tuple[str, ...], bounds: dict[str, Bounds]) -> ArrowUdf:
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
 
     def partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = broadcast.value  # type: ignore[attr-defined]  # once per partition
-        acc: dict[tuple[str, int], GaussianStats] = {}
+        acc: dict[tuple[str, str | None, int], GaussianStats] = {}
         for rb, batch, scores in score_batches(batches, model, kernel):  # one BLAS thread
             if "random" in methods:
                 scores["random"] = rb.column("random").to_numpy()
             if _GUMBEL in rb.schema.names:  # the same sum as score_forget's, so the same keys
                 noise = rb.column(_GUMBEL).to_numpy()
                 scores = {m: v + noise for m, v in scores.items()}
+            if GROUP in rb.schema.names:
+                groups = np.asarray(rb.column(GROUP).to_pylist(), dtype=object)
+                parts = [(g, groups == g) for g in sorted(set(groups.tolist()))]
+            else:
+                parts = [(None, None)]
             for m in methods:
-                bucket = _bucket_of(scores[m], rb.column(ID), bounds[m])
-                for b in np.unique(bucket):
-                    part = GaussianStats.from_array(batch.x[bucket == b], products=np.float32)
-                    key = (m, int(b))
-                    acc[key] = acc[key].merge(part) if key in acc else part
+                for g, mask in parts:
+                    # global bounds (key None) apply to every row; per-group bounds to the group's
+                    # rows, and a group without bounds has no row in any set
+                    b = bounds[m][None] if None in bounds[m] else bounds[m].get(g, [])
+                    x, s, ids = (batch.x, scores[m], rb.column(ID)) if mask is None else (
+                        batch.x[mask], scores[m][mask], rb.column(ID).filter(pa.array(mask)))
+                    bucket = _bucket_of(s, ids, b)
+                    for j in np.unique(bucket):
+                        part = GaussianStats.from_array(x[bucket == j], products=np.float32)
+                        key = (m, g, int(j))
+                        acc[key] = acc[key].merge(part) if key in acc else part
         # One batch per set: a batch of all of them would hold methods x (budgets + 1) d x d
         # blobs at once (11 GB at d = 4096 with 4 methods and 20 budgets, past Arrow's 2 GB
         # binary offsets and any default heap); one at a time, the JVM holds one.
-        for (method, index), stats in sorted(acc.items()):
+        for (method, group, index), stats in sorted(acc.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
             yield pa.RecordBatch.from_arrays(
-                [pa.array([method], pa.string()), pa.array([index], pa.int64()),
+                [pa.array([method], pa.string()), pa.array([group], pa.string()), pa.array([index], pa.int64()),
                  pa.array([stats.to_flat().tobytes()], pa.binary())],
-                names=["method", "bucket", "stats"])
+                names=["method", "grp", "bucket", "stats"])
 
     return partition
 
@@ -168,6 +195,17 @@ def removal_bucket_stats(forget: DataFrame, model: Broadcast[ScoringModel], meth
     GEMM to round a row differently on a rerun, only a row tied with a set's last row to
     the last bit could land in the neighbouring set, which moves a statistic by one row.
     """
+    merged = bucket_stats(forget, model, methods, seed, {m: {None: b} for m, b in bounds.items()}, dim, selection)
+    return {m: [merged.get((m, None, j), GaussianStats.empty(dim)) for j in range(len(bounds[m]) + 1)]
+            for m in methods}
+
+
+def bucket_stats(forget: DataFrame, model: Broadcast[ScoringModel], methods: tuple[str, ...], seed: int,
+                 bounds: dict[str, Bounds], dim: int, selection: str = "topk"
+                 ) -> dict[tuple[str, str | None, int], GaussianStats]:
+    """Statistics of the forget rows per (method, group, bucket): the bucket of a row is the
+    number of its bounds (:data:`Bounds`) whose set does not hold it; the group is the row's
+    (None without a ``group`` column).  See :func:`removal_bucket_stats`."""
     start = time.monotonic()
     cols = [F.col(c) for c in scoring_columns(forget, methods)]
     cols += [random_score(seed).alias("random")] if "random" in methods else []
@@ -180,21 +218,47 @@ def removal_bucket_stats(forget: DataFrame, model: Broadcast[ScoringModel], meth
     source = forget.select(*cols)
     if source.rdd.getNumPartitions() > sc.defaultParallelism:
         source = source.coalesce(sc.defaultParallelism)
-    parts = source.mapInArrow(_bucket_aggregator(model, methods, bounds), "method string, bucket long, stats binary")
+    parts = source.mapInArrow(_bucket_aggregator(model, methods, bounds),
+                              "method string, grp string, bucket long, stats binary")
 
-    def decode(row: tuple[str, int, bytes]) -> dict[tuple[str, int], GaussianStats]:
-        return {(row[0], int(row[1])): GaussianStats.from_flat(np.frombuffer(bytes(row[2]), np.float64), dim)}
+    def decode(row: tuple[str, str | None, int, bytes]) -> dict[tuple[str, str | None, int], GaussianStats]:
+        return {(row[0], row[1], int(row[2])): GaussianStats.from_flat(np.frombuffer(bytes(row[3]), np.float64), dim)}
 
-    def combine(a: dict[tuple[str, int], GaussianStats],
-                b: dict[tuple[str, int], GaussianStats]) -> dict[tuple[str, int], GaussianStats]:
-        out = dict(a)
-        for key, value in b.items():
-            out[key] = out[key].merge(value) if key in out else value
-        return out
-
-    zero: dict[tuple[str, int], GaussianStats] = {}
-    merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, combine, combine, depth=2)
-    result = {m: [merged.get((m, j), GaussianStats.empty(dim)) for j in range(len(bounds[m]) + 1)]
-              for m in methods}
+    zero: dict[tuple[str, str | None, int], GaussianStats] = {}
+    merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, _merge_keyed, _merge_keyed, depth=2)
     log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
-    return result
+    return merged
+
+
+def group_stats(df: DataFrame, domain: str, group_cols: tuple[str, ...], dim: int) -> dict[str, GaussianStats]:
+    """Statistics of ``df[features]`` per ``group`` value (one mapInArrow pass, merged with
+    treeAggregate; rows with non-finite features are left out, as the scoring leaves them).
+    InputError, naming the column(s), when a group value is null."""
+    start = time.monotonic()
+
+    def partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        acc: dict[str | None, GaussianStats] = {}
+        with threadpool_limits(limits=1, user_api="blas"):
+            for rb in batches:
+                batch = list_to_matrix(rb.column(FEATURES))
+                groups = np.asarray(rb.column(GROUP).to_pylist(), dtype=object)
+                if batch.mask is not None:
+                    groups = groups[batch.mask]
+                for g in set(groups.tolist()):
+                    part = GaussianStats.from_array(batch.x[groups == g])
+                    acc[g] = acc[g].merge(part) if g in acc else part
+        for g, stats in acc.items():
+            yield pa.RecordBatch.from_arrays([pa.array([g], pa.string()), pa.array([stats.to_flat().tobytes()])],
+                                             names=["grp", "stats"])
+
+    def decode(row: tuple[str | None, bytes]) -> dict[str | None, GaussianStats]:
+        return {row[0]: GaussianStats.from_flat(np.frombuffer(bytes(row[1]), np.float64), dim)}
+
+    parts = df.select(FEATURES, GROUP).mapInArrow(partition, "grp string, stats binary")
+    zero: dict[str | None, GaussianStats] = {}
+    merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, _merge_keyed, _merge_keyed, depth=2)
+    if None in merged:
+        raise InputError(f"group column {', '.join(map(repr, group_cols))} of the {domain} table has null values "
+                         f"({merged[None].n} rows); give every row a group")
+    log.info("statistics of %s per group: %d groups in %.1f s", domain, len(merged), time.monotonic() - start)
+    return {str(g): s for g, s in merged.items()}

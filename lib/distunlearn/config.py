@@ -21,6 +21,7 @@ import yaml
 from distunlearn.budgets import DEFAULT_BUDGETS
 from distunlearn.covariance import COVARIANCE_KINDS
 from distunlearn.errors import ConfigError
+from distunlearn.groups import GROUP_BUDGETS, check_cap
 from distunlearn.scoring import COSINE_CENTERS, COVARIANCE_SOURCES, DEFAULT_METHODS, METHODS
 from distunlearn.text import NGRAM_HASHES, TextSettings
 
@@ -93,6 +94,21 @@ class JobConfig:
                                    "embeddings replace the TF-IDF projection as the Gaussian methods' "
                                    "features (needs the optional sentence-transformers package on driver "
                                    "and workers; nothing is downloaded at run time)")
+    group_col: tuple[str, ...] = _f((), "group column(s) in both tables, comma-separated (any type; several "
+                                    "columns: their combination is the group): per-group deletion rates, "
+                                    "statistics shifts and weights are reported (table group_diagnostics), "
+                                    "and --group-budget/--group-cap/--reweight apply (README, \"Groups\")")
+    group_budget: str = _f("global", "with --group-col: 'global' ranks all forget rows together; 'stratified' "
+                           "gives each group a share of k proportional to its share of the forget set "
+                           "(largest-remainder rounding, the total is exactly k) and takes the top of each "
+                           "group's own ranking", choices=GROUP_BUDGETS)
+    group_cap: float = _f(1.0, "with --group-col: the largest fraction of a group's rows (forget + retain) "
+                          "a removal set may delete, in (0, 1]; budgets larger than the cap allows are "
+                          "reduced, with a warning (1: no cap)")
+    reweight: bool = _f(False, "with --group-col: write the Delta table retain_weights (run_id, method, budget, "
+                        "id, group, sample_weight): per budget, retain rows of group g weigh 1 + r_g / n2_g so "
+                        "each group keeps its original total weight (kept forget rows stay at 1); one row per "
+                        "retain row, method and budget")
     seed: int = _f(0, "seed of the random method (a hash of seed and id; independent of "
                       "partitioning)")
     on_invalid: str = _f("fail", "rows whose features contain NaN or +-inf: 'fail' the run, or "
@@ -187,6 +203,12 @@ class JobConfig:
             self.text_settings()
         elif "lr_ngram" in self.methods:
             raise ConfigError("method lr_ngram scores text: give the text column with --text-col")
+        check_cap(self.group_cap)
+        if not self.group_col:
+            for name, value, default in (("group_budget", self.group_budget, "global"),
+                                         ("group_cap", self.group_cap, 1.0), ("reweight", self.reweight, False)):
+                if value != default:
+                    raise ConfigError(f"{name} needs a group column: give it with --group-col")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         for f in dataclasses.fields(self):

@@ -187,9 +187,75 @@ def diagnose(forget: GaussianStats, retain: GaussianStats, buckets: dict[str, li
     for method, method_buckets in buckets.items():
         for p in evaluate_points(forget, retain, method, ks, method_buckets, base.alpha, kappa):
             points[(method, p.k)] = p
+    return _calibrated(list(buckets), points, kappa, base, budgets, tolerated_eps, target_alpha)
+
+
+def diagnose_kept(forget: GaussianStats, retain: GaussianStats, kept: dict[tuple[str, int], GaussianStats],
+                  budgets: list[tuple[float, int]], tolerated_eps: float = 0.1,
+                  target_alpha: float = 0.0) -> Diagnostics:
+    """:func:`diagnose` from the statistics of the forget rows each removal set keeps, per
+    (method, k > 0): for removal sets that need not be nested across budgets (group budgets).
+    Raises ValueError if a kept count is not n_forget - k (a selection bug)."""
+    kappa, base = baseline(forget, retain)
+    points: dict[tuple[str, int], Point] = {}
+    for (method, k), stats in sorted(kept.items()):
+        if stats.n != forget.n - k:
+            raise ValueError(f"{method}: the set of k = {k} keeps {stats.n} of n_forget = {forget.n} rows")
+        edited = retain.merge(stats)
+        alpha = gaussian_kl(forget, edited, "forget", f"edited data ({method}, k={k})")
+        eps = gaussian_kl(retain, edited, "retain", f"edited data ({method}, k={k})")
+        points[(method, k)] = _point(method, k, alpha, eps, base.alpha, kappa)
+    methods = list(dict.fromkeys(m for m, _ in kept))
+    return _calibrated(methods, points, kappa, base, budgets, tolerated_eps, target_alpha)
+
+
+def _calibrated(methods: list[str], points: dict[tuple[str, int], Point], kappa: float, base: Point,
+                budgets: list[tuple[float, int]], tolerated_eps: float, target_alpha: float) -> Diagnostics:
+    """Add the no-removal point of every method and the calibration."""
+    for method in methods:
         points[(method, 0)] = Point(method, 0, base.alpha, base.eps, base.frontier_eps, base.frontier_gap, 0.0)
     target = target_alpha if target_alpha > 0 else base.alpha + 0.5 * (kappa - base.alpha)
     ordered = sorted(budgets, key=lambda b: (b[1], b[0]))
     reach = {m: smallest_budget_reaching([b for b, _ in ordered], [points[(m, k)].alpha for _, k in ordered], target)
-             for m in buckets}
+             for m in methods}
     return Diagnostics(kappa, base, points, tolerated_eps, alpha_max(kappa, tolerated_eps), target, reach)
+
+
+# ---------------------------------------------------------------------- per group
+@dataclass(frozen=True)
+class GroupPoint:
+    """One group under one removal set (:mod:`distunlearn.groups` for the definitions).
+
+    ``kl_shift`` = KL(p_before_g || p_after_g): the Gaussian fit of the group's rows before
+    removal (its retain and forget rows) against the fit after (its retain rows and the forget
+    rows the set keeps); 0 when nothing of the group is removed, None when either side has
+    fewer than 2 rows."""
+
+    method: str
+    k: int
+    group: str
+    n_forget: int
+    n_retain: int
+    removed: int
+    deletion_rate: float | None
+    forget_removed_share: float | None
+    kl_shift: float | None
+    sample_weight: float | None
+
+
+def group_point(method: str, k: int, group: str, forget_g: GaussianStats, retain_g: GaussianStats,
+                kept_g: GaussianStats) -> GroupPoint:
+    """The :class:`GroupPoint` of ``group`` from its forget, retain and kept-forget statistics."""
+    from distunlearn.groups import deletion_rate, sample_weight
+
+    removed = forget_g.n - kept_g.n
+    before, after = retain_g.merge(forget_g), retain_g.merge(kept_g)
+    if removed == 0:
+        shift: float | None = 0.0
+    elif before.n < 2 or after.n < 2:
+        shift = None
+    else:
+        shift = gaussian_kl(before, after, f"group {group!r} before removal",
+                            f"group {group!r} after ({method}, k={k})")
+    return GroupPoint(method, k, group, forget_g.n, retain_g.n, removed, deletion_rate(removed, before.n),
+                      removed / forget_g.n if forget_g.n else None, shift, sample_weight(retain_g.n, removed))

@@ -21,13 +21,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from distunlearn import incremental, io
+from distunlearn import grouping, incremental, io
 from distunlearn.aggregate import DomainStats, compute_stats, removal_bucket_stats
 from distunlearn.batches import InputCounts, check_dims
 from distunlearn.budgets import Budget, budget_label, resolve_budgets
 from distunlearn.config import JobConfig
-from distunlearn.diagnostics import Diagnostics, diagnose
+from distunlearn.diagnostics import Diagnostics, GroupPoint, diagnose
 from distunlearn.errors import InputError
+from distunlearn.grouping import GroupContext
 from distunlearn.incremental import Input
 from distunlearn.prepare import check_ids, normalize
 from distunlearn.score import score_forget
@@ -87,6 +88,7 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
     summary: list[dict[str, object]] = field(default_factory=list)
     diagnostics: Diagnostics | None = None
+    groups: list[GroupPoint] = field(default_factory=list)  # with --group-col: per method, k > 0, group
     # --- the run ledger (runs table)
     inputs: dict[str, Input] = field(default_factory=dict)
     statistics_mode: str = ""  # "full" or "incremental"
@@ -109,6 +111,8 @@ class RunReport:
             lines.append(f"{label:>8} {k:>10} {values}")
         if self.diagnostics is not None:
             lines.extend(self._diagnostics_lines(methods))
+        if self.groups:
+            lines.extend(self._group_lines(methods))
         lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
         return "\n".join(lines)
 
@@ -122,6 +126,29 @@ class RunReport:
                              int(r["k"]), {})  # type: ignore[call-overload]
             rows[key][2][str(r["method"])] = r["threshold"]
         return list(rows.values())
+
+    def _group_lines(self, methods: list[str]) -> list[str]:
+        """Per budget and method: the group with the highest deletion rate r_g / N_g and its rate,
+        and the largest per-group KL shift (all groups: table group_diagnostics)."""
+        by: dict[tuple[str, int], list[GroupPoint]] = {}
+        for p in self.groups:
+            by.setdefault((p.method, p.k), []).append(p)
+        lines = ["groups: highest deletion rate r_g/N_g (group) and largest KL(before_g || after_g) per method "
+                 "(every group: table group_diagnostics):",
+                 f"{'budget':>8} {'k':>10} " + " ".join(f"{m:>26}" for m in methods)]
+        for label, k, _ in self._budget_rows():
+            cells = []
+            for m in methods:
+                pts = by.get((m, k), [])
+                if not pts:
+                    cells.append(f"{'-':>26}")
+                    continue
+                worst = max(pts, key=lambda p: (p.deletion_rate or 0.0, p.group))
+                shift = max((p.kl_shift for p in pts if p.kl_shift is not None), default=float("nan"))
+                cells.append(f"{format(worst.deletion_rate or 0.0, '.3f') + ' (' + worst.group[:8] + ')':>17} "
+                             f"{shift:>8.4f}")
+            lines.append(f"{label:>8} {k:>10} " + " ".join(cells))
+        return lines
 
     def _diagnostics_lines(self, methods: list[str]) -> list[str]:
         d = self.diagnostics
@@ -156,11 +183,12 @@ class _Stage:
 
 def normalized(spark: SparkSession, cfg: JobConfig, source: str, domain: str,
                version: int | None = None) -> DataFrame:
-    """One input table as DataFrame[id, features], or DataFrame[id, grams] for text input."""
+    """One input table as DataFrame[id, features], or DataFrame[id, grams] for text input; with
+    ``--group-col``, a ``group`` column too."""
     raw = io.read_source(spark, source, domain, version)
     if cfg.text_col:
-        return normalize_text(raw, cfg.id_col, cfg.text_col, domain, cfg.text_settings())
-    return normalize(raw, cfg.id_col, cfg.feature_col, domain)
+        return normalize_text(raw, cfg.id_col, cfg.text_col, domain, cfg.text_settings(), cfg.group_col)
+    return normalize(raw, cfg.id_col, cfg.feature_col, domain, group_cols=cfg.group_col)
 
 
 def read_inputs(spark: SparkSession, cfg: JobConfig, report: RunReport) -> tuple[DataFrame, DataFrame]:
@@ -352,45 +380,64 @@ def make_plan(cfg: JobConfig, f_stats: GaussianStats, r_stats: GaussianStats, re
     return Plan(methods, budgets, model)
 
 
-def removal_sets_schema(id_type: T.DataType) -> T.StructType:
-    """Schema of the removal_sets table for a forget table whose id has ``id_type``."""
+def removal_sets_schema(id_type: T.DataType, groups: bool = False) -> T.StructType:
+    """Schema of the removal_sets table for a forget table whose id has ``id_type`` (runs with
+    ``--group-col`` add the row's ``group``)."""
     return T.StructType([
         T.StructField("run_id", T.StringType(), False), T.StructField("method", T.StringType(), False),
         T.StructField("budget", T.DoubleType()), T.StructField("budget_count", T.LongType()),
         T.StructField("k", T.LongType()), T.StructField("rank", T.LongType()),
         T.StructField("id", id_type), T.StructField("score", T.DoubleType()),
+        *([T.StructField("group", T.StringType())] if groups else []),
     ])
 
 
 def check_outputs(spark: SparkSession, cfg: JobConfig, forget: DataFrame) -> None:
     """Before the first write: the existing removal_sets table must accept this run's id type."""
-    schema = removal_sets_schema(forget.schema["id"].dataType)
+    schema = removal_sets_schema(forget.schema["id"].dataType, bool(cfg.group_col))
     io.check_schema(spark, schema, io.table_path(cfg.output, io.REMOVAL_SETS))
 
 
 def score_and_write(spark: SparkSession, cfg: JobConfig, forget: DataFrame, plan: Plan, f_stats: GaussianStats,
-                    r_stats: GaussianStats, report: RunReport) -> None:
+                    r_stats: GaussianStats, report: RunReport, groups: GroupContext | None = None,
+                    retain: DataFrame | None = None) -> None:
     """Score, select and write the run's removal_sets rows (after :func:`check_outputs`), then
-    the diagnostics of every removal set (one more pass over the forget table)."""
+    the diagnostics of every removal set (one more pass over the forget table); with groups,
+    the group tables too (``retain``: for the weights, with ``--reweight``)."""
     path = io.table_path(cfg.output, io.REMOVAL_SETS)
     model = spark.sparkContext.broadcast(plan.model)  # once: scoring and the diagnostics pass
     with _Stage(report.timings, "score_select"):
         scores, wide = score_forget(forget, model, plan.methods, cfg.seed, cfg.selection)
         partitions = sort_partitions(f_stats.n, len(plan.methods), cfg.shuffle_partitions)
-        selection = select_removal_sets(scores, plan.budgets, f_stats.n, partitions)
+        if groups is None:
+            selection = select_removal_sets(scores, plan.budgets, f_stats.n, partitions)
+        else:
+            selection = grouping.select(groups, scores, plan.budgets, f_stats.n, partitions)
     try:
+        group_col = ["group"] if groups is not None else []
         out = selection.rows.withColumn("run_id", F.lit(cfg.run_id)).select(
-            "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score")
+            "run_id", "method", "budget", "budget_count", "k", "rank", "id", "score", *group_col)
         with _Stage(report.timings, "write_removal_sets"):
-            report.outputs[io.REMOVAL_SETS] = io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"))
-        with _Stage(report.timings, "diagnostics"):
-            ks = sorted({b.k for b in plan.budgets if b.k > 0})
-            bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
-            buckets = removal_bucket_stats(forget, model, plan.methods, cfg.seed, bounds, f_stats.dim,
-                                           cfg.selection)
-            report.diagnostics = diagnose(f_stats, r_stats, buckets, ks, [(b.budget, b.k) for b in plan.budgets],
-                                          cfg.tolerated_eps, cfg.target_alpha)
-            report.outputs.update(write_diagnostics(spark, cfg, plan, report.diagnostics))
+            report.outputs[io.REMOVAL_SETS] = io.replace_run(out, path, cfg.run_id, partition_by=("run_id", "method"),
+                                                             merge_schema=groups is not None)
+        if groups is not None:
+            with _Stage(report.timings, "diagnostics"):
+                report.diagnostics, report.groups = grouping.diagnose_groups(
+                    groups, forget, model, plan.methods, cfg.seed, cfg.selection, selection, plan.budgets, f_stats,
+                    r_stats, cfg.tolerated_eps, cfg.target_alpha)
+                report.outputs.update(write_diagnostics(spark, cfg, plan, report.diagnostics))
+                report.outputs.update(grouping.write_tables(spark, cfg, groups, report.groups, plan.budgets,
+                                                            retain if cfg.reweight else None))
+        else:
+            with _Stage(report.timings, "diagnostics"):
+                ks = sorted({b.k for b in plan.budgets if b.k > 0})
+                bounds = {m: [selection.boundaries[(m, k)] for k in ks] for m in plan.methods}
+                buckets = removal_bucket_stats(forget, model, plan.methods, cfg.seed, bounds, f_stats.dim,
+                                               cfg.selection)
+                report.diagnostics = diagnose(f_stats, r_stats, buckets, ks,
+                                              [(b.budget, b.k) for b in plan.budgets], cfg.tolerated_eps,
+                                              cfg.target_alpha)
+                report.outputs.update(write_diagnostics(spark, cfg, plan, report.diagnostics))
     finally:
         selection.release()
         wide.unpersist()
@@ -451,6 +498,18 @@ def _ledgered(spark: SparkSession, cfg: JobConfig, report: RunReport, started: d
     write_run_row(spark, cfg, report, started, "succeeded")
 
 
+def _with_groups(cfg: JobConfig, plan: Plan, forget: DataFrame, retain: DataFrame | None,
+                 report: RunReport) -> tuple[Plan, GroupContext | None]:
+    """With ``--group-col``: the groups' statistics (a pass over each table; InputError for a
+    null group) and the budgets reduced to what ``--group-cap`` allows."""
+    if not cfg.group_col:
+        return plan, None
+    assert retain is not None
+    with _Stage(report.timings, "group_statistics"):
+        groups = grouping.group_context(cfg, forget, retain, report.dim)
+    return dataclasses.replace(plan, budgets=groups.budgets(plan.budgets)), groups
+
+
 def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
     """Compute and persist the statistics of both tables (the ``stats`` subcommand)."""
     cfg.check()
@@ -489,11 +548,14 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
     with _Stage(report.timings, "read_check"):
         forget = normalized(spark, cfg, cfg.forget, "forget")
         check_ids(forget, cfg.id_col, "forget")
+        retain = normalized(spark, cfg, cfg.retain, "retain") if cfg.group_col else None
         if text:
-            (forget,) = featurize(spark, text, forget)
+            forget, *rest = featurize(spark, text, forget, *([retain] if retain is not None else []))
+            retain = rest[0] if rest else None
+    plan, groups = _with_groups(cfg, plan, forget, retain, report)
     check_outputs(spark, cfg, forget)
     _ledgered(spark, cfg, report, started,
-              lambda: score_and_write(spark, cfg, forget, plan, f_stats, r_stats, report))
+              lambda: score_and_write(spark, cfg, forget, plan, f_stats, r_stats, report, groups, retain))
     return report
 
 
@@ -508,6 +570,7 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
         forget, retain, text = _text_statistics(spark, forget, retain, cfg)
         f, r = compute_statistics(spark, forget, retain, cfg, report, text)
     plan = make_plan(cfg, f.stats, r.stats, report, text)
+    plan, groups = _with_groups(cfg, plan, forget, retain, report)
     check_outputs(spark, cfg, forget)  # last check before the first write
 
     def writes() -> None:
@@ -515,7 +578,7 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
             report.outputs[io.STATISTICS] = write_statistics(spark, cfg, f, r)
             if text:
                 report.outputs[io.NGRAM_STATISTICS] = write_ngram_statistics(spark, cfg, text)
-        score_and_write(spark, cfg, forget, plan, f.stats, r.stats, report)
+        score_and_write(spark, cfg, forget, plan, f.stats, r.stats, report, groups, retain)
 
     _ledgered(spark, cfg, report, started, writes)
     return report

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 ID = "id"
 FEATURES = "features"
+GROUP = "group"
 _FLOAT_ELEMENTS = (T.FloatType, T.DoubleType)
 _INT_ELEMENTS = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _ID_TYPES = (T.LongType, T.IntegerType, T.ShortType, T.StringType)
@@ -44,9 +45,19 @@ def id_column(df: DataFrame, id_col: str, domain: str) -> Column:
     return F.col(id_col) if isinstance(id_field.dataType, T.StringType) else F.col(id_col).cast(T.LongType())
 
 
-def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: tuple[str, ...] = ()) -> DataFrame:
+def group_column(df: DataFrame, group_cols: tuple[str, ...], domain: str) -> Column:
+    """The group of a row as a string (``--group-col``): the column cast to string, or for several
+    columns the JSON array of their string values (``["en","web"]``: unambiguous).  Nulls stay
+    null here; :func:`distunlearn.grouping.group_counts` rejects them."""
+    cols = [F.col(_field(df, c, domain).name).cast("string") for c in group_cols]
+    return cols[0] if len(cols) == 1 else F.to_json(F.array(*cols))
+
+
+def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: tuple[str, ...] = (),
+              group_cols: tuple[str, ...] = ()) -> DataFrame:
     """Select and type-check the id and feature columns; return DataFrame[id, features, *keep]
-    (``keep``: further columns passed through unchanged, e.g. a label for the evaluation)."""
+    (``keep``: further columns passed through unchanged, e.g. a label for the evaluation), and
+    a ``group`` column (:func:`group_column`) when ``group_cols`` are given."""
     ident = id_column(df, id_col, domain)
     feat_field = _field(df, feature_col, domain)
     dtype = feat_field.dataType
@@ -61,6 +72,8 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: t
         raise InputError(f"feature column {feature_col!r} of the {domain} table must be "
                          f"array<float|double> or a Spark ML vector, got {dtype.simpleString()}")
     extra = [F.col(_field(df, name, domain).name) for name in keep]
+    if group_cols:
+        extra.append(group_column(df, group_cols, domain).alias(GROUP))
     return df.select(ident.alias(ID), feature.alias(FEATURES), *extra)
 
 

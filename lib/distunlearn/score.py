@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 from threadpoolctl import threadpool_limits
 
 from distunlearn.batches import ArrowUdf, Batch, list_to_matrix
-from distunlearn.prepare import FEATURES, ID
+from distunlearn.prepare import FEATURES, GROUP, ID
 from distunlearn.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.text import GRAMS, grams_of
 
@@ -54,14 +54,16 @@ def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
                 yield rb, batch, model.score(batch.x, methods, grams)
 
 
-def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
-    """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method)."""
+def _scorer(broadcast: object, methods: tuple[str, ...], carry: tuple[str, ...] = ()) -> ArrowUdf:
+    """mapInArrow body for ``methods``: (id, features) batches -> (id, *carry, one column per
+    method); ``carry`` columns (the group) pass through."""
 
     def score_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model: ScoringModel = broadcast.value  # type: ignore[attr-defined]  # once per partition
         for rb, _, scores in score_batches(batches, model, methods):
             cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
-            yield pa.RecordBatch.from_arrays([rb.column(ID), *cols], names=[ID, *methods])
+            yield pa.RecordBatch.from_arrays([rb.column(ID), *[rb.column(c) for c in carry], *cols],
+                                             names=[ID, *carry, *methods])
 
     return score_partition
 
@@ -79,8 +81,9 @@ def gumbel_noise(seed: int) -> F.Column:
 
 
 def scoring_columns(forget: DataFrame, methods: tuple[str, ...]) -> list[str]:
-    """The columns the kernel reads: id, features, and the n-grams for lr_ngram."""
-    return [ID, FEATURES] + ([GRAMS] if "lr_ngram" in methods and GRAMS in forget.columns else [])
+    """The columns the kernel reads: id, features, the n-grams for lr_ngram, and the group."""
+    return ([ID, FEATURES] + ([GRAMS] if "lr_ngram" in methods and GRAMS in forget.columns else [])
+            + ([GROUP] if GROUP in forget.columns else []))
 
 
 def score_forget(forget: DataFrame, model: Broadcast[ScoringModel], methods: tuple[str, ...],
@@ -102,13 +105,14 @@ def score_forget(forget: DataFrame, model: Broadcast[ScoringModel], methods: tup
     """
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
     id_type = forget.schema[ID].dataType
-    schema = T.StructType([T.StructField(ID, id_type, False)]
+    carry = (GROUP,) if GROUP in forget.columns else ()
+    schema = T.StructType([T.StructField(ID, id_type, False), *[forget.schema[c] for c in carry]]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
-    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(model, kernel), schema)
+    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(model, kernel, carry), schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
     if selection == "gumbel":  # the ranking key becomes score + G(seed, id)
         noise = gumbel_noise(seed)
-        wide = wide.select(ID, *[(F.col(m) + noise).alias(m) for m in methods])
+        wide = wide.select(ID, *carry, *[(F.col(m) + noise).alias(m) for m in methods])
     wide = wide.persist(SCRATCH)
-    return wide.unpivot([ID], list(methods), METHOD, SCORE), wide
+    return wide.unpivot([ID, *carry], list(methods), METHOD, SCORE), wide

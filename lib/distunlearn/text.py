@@ -71,7 +71,7 @@ from pyspark.sql import types as T
 
 from distunlearn.batches import ArrowUdf
 from distunlearn.errors import ConfigError, InputError
-from distunlearn.prepare import FEATURES, ID, _field, id_column
+from distunlearn.prepare import FEATURES, GROUP, ID, _field, group_column, id_column
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,10 @@ class TextSettings:
         return self
 
 
-def normalize_text(df: DataFrame, id_col: str, text_col: str, domain: str, settings: TextSettings) -> DataFrame:
-    """DataFrame[id, grams] of a table with a string text column (InputError otherwise)."""
+def normalize_text(df: DataFrame, id_col: str, text_col: str, domain: str, settings: TextSettings,
+                   group_cols: tuple[str, ...] = ()) -> DataFrame:
+    """DataFrame[id, grams] of a table with a string text column (InputError otherwise), with
+    a ``group`` column when ``group_cols`` are given."""
     ident = id_column(df, id_col, domain)
     field = _field(df, text_col, domain)
     if not isinstance(field.dataType, T.StringType):
@@ -176,10 +178,11 @@ def normalize_text(df: DataFrame, id_col: str, text_col: str, domain: str, setti
     # Two projections: Spark keeps them apart (the tokens are used several times and are not
     # cheap to recompute), so each document is tokenized once.
     text = [F.col(text_col).alias(TEXT)] if settings.embedding_model else []
-    toks = df.select(ident.alias(ID), tokens(F.col(text_col)).alias("_tokens"), *text)
+    group = [group_column(df, group_cols, domain).alias(GROUP)] if group_cols else []
+    toks = df.select(ident.alias(ID), tokens(F.col(text_col)).alias("_tokens"), *text, *group)
     grams = F.transform(ngrams(F.col("_tokens"), settings.order),
                         lambda g: bucket(g, settings.buckets, settings.hash_name))
-    return toks.select(ID, grams.alias(GRAMS), *([TEXT] if text else []))
+    return toks.select(ID, grams.alias(GRAMS), *([TEXT] if text else []), *([GROUP] if group else []))
 
 
 def grams_of(column: pa.Array | pa.ChunkedArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -386,18 +389,21 @@ def _featurizer(broadcast: Broadcast[Featurizer]) -> ArrowUdf:
                 x = featurizer.features(rb)
                 flat = pa.array(x.ravel(), pa.float32())
                 features = pa.FixedSizeListArray.from_arrays(flat, x.shape[1]).cast(pa.list_(pa.float32()))
-                yield pa.RecordBatch.from_arrays([rb.column(ID), features, rb.column(GRAMS)],
-                                                 names=[ID, FEATURES, GRAMS])
+                extra = [GROUP] if GROUP in rb.schema.names else []
+                yield pa.RecordBatch.from_arrays([rb.column(ID), features, rb.column(GRAMS),
+                                                  *[rb.column(c) for c in extra]],
+                                                 names=[ID, FEATURES, GRAMS, *extra])
 
     return partition
 
 
 def with_features(df: DataFrame, featurizer: Broadcast[Featurizer]) -> DataFrame:
-    """DataFrame[id, features, grams] from DataFrame[id, grams] (and the text for sentence
-    embeddings): the projected TF-IDF vectors, or the embeddings."""
+    """DataFrame[id, features, grams(, group)] from DataFrame[id, grams(, group)] (and the text
+    for sentence embeddings): the projected TF-IDF vectors, or the embeddings."""
+    extra = [GROUP] if GROUP in df.columns else []
     schema = T.StructType([df.schema[ID], T.StructField(FEATURES, T.ArrayType(T.FloatType())),
-                           df.schema[GRAMS]])
-    columns = [ID, GRAMS] + ([TEXT] if TEXT in df.columns else [])
+                           df.schema[GRAMS], *[df.schema[c] for c in extra]])
+    columns = [ID, GRAMS] + ([TEXT] if TEXT in df.columns else []) + extra
     return df.select(*columns).mapInArrow(_featurizer(featurizer), schema)
 
 
