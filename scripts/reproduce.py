@@ -48,7 +48,7 @@ log = logging.getLogger("reproduce")
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_METHODS = ("random", "mu2", "maha_mu2", "cos_mu2", "lr_maha", "lr_cos", "lr_gauss", "coreset")
-SECTIONS = ("gaussian", "digits", "spam")
+SECTIONS = ("gaussian", "digits", "spam", "groups")
 SPAM_PACKAGE = spamassassin.SPAM_PACKAGE
 SEED = 20250721
 
@@ -94,7 +94,8 @@ class Section:
 
 # ---------------------------------------------------------------------- helpers
 def write_parquet(path: Path, ids: np.ndarray, features: np.ndarray, labels: np.ndarray | None = None,
-                  dtype: Any = np.float64, texts: list[str] | None = None) -> str:
+                  dtype: Any = np.float64, texts: list[str] | None = None,
+                  strings: dict[str, list[str]] | None = None) -> str:
     """Write (id long, features array<double|float>[, label int]) as one Parquet folder.
 
     Written with pyarrow, not Spark: building 40 000 x 50 Python lists for
@@ -112,6 +113,8 @@ def write_parquet(path: Path, ids: np.ndarray, features: np.ndarray, labels: np.
         cols["label"] = pa.array(labels.astype(np.int32))
     if texts is not None:
         cols["text"] = pa.array(texts, pa.string())
+    for name, values in (strings or {}).items():
+        cols[name] = pa.array(values, pa.string())
     table = pa.table(cols)
     # a few files so Spark reads several partitions
     parts = 4
@@ -521,6 +524,96 @@ def section_spam(spark: Any, work: Path, sizes: Sizes, figdir: Path, cache: Path
     return sec
 
 
+# ---------------------------------------------------------------------- section 4: groups
+GROUP_METHODS = ("random", "mu2", "lr_gauss")
+GROUP_BUDGETS = (0.25, 0.5, 0.75, 1.0)
+P_MIRRORED = {"forget": 0.8, "retain": 0.1}
+GROUP_CAP = 0.25
+
+
+def section_groups(spark: Any, work: Path, sizes: Sizes, figdir: Path) -> Section:
+    """Digits with a synthetic group attribute (mirrored images) that concentrates the forget
+    class in one group: per-group deletion rates, worst-group accuracy and the gap, with and
+    without reweighting, with global and stratified budgets and with a cap."""
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    from distunlearn.evaluate import EvalOptions, run_evaluation
+    from distunlearn.pipeline import run_pipeline
+
+    sec = Section("groups", "4. Groups: digits with a mirrored minority group (forget class 8)")
+    t0 = time.monotonic()
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(SEED)
+    forget_class = 8
+    fmask = y == forget_class
+    p = np.where(fmask, P_MIRRORED["forget"], P_MIRRORED["retain"])
+    mirrored = rng.random(len(y)) < p
+    images = x.reshape(-1, 8, 8).copy()
+    images[mirrored] = images[mirrored][:, :, ::-1]
+    feats = PCA(n_components=30, random_state=0).fit_transform(images.reshape(len(y), 64) / 16.0)
+    style = np.where(mirrored, "mirrored", "upright")
+    ids = np.arange(len(y))
+    root = work / "groups"
+    f = write_parquet(root / "forget", ids[fmask], feats[fmask], y[fmask], strings={"style": list(style[fmask])})
+    r = write_parquet(root / "retain", ids[~fmask], feats[~fmask], y[~fmask], strings={"style": list(style[~fmask])})
+    counts = {(d, g): int(((fmask if d == "forget" else ~fmask) & (style == g)).sum())
+              for d in ("forget", "retain") for g in ("mirrored", "upright")}
+    sec.lines += [
+        "Construction: `load_digits`, forget = class 8, retain = the other nine classes (as in section 2).  A "
+        "synthetic group attribute `style`: a row is `mirrored` (its 8x8 image flipped left-right, a real "
+        f"shift of its features) with probability {P_MIRRORED['forget']} in the forget class and "
+        f"{P_MIRRORED['retain']} elsewhere (numpy seed {SEED}), else `upright`.  So the forget set is dominant "
+        f"in the mirrored group: mirrored = {counts[('forget', 'mirrored')]} forget + "
+        f"{counts[('retain', 'mirrored')]} retain rows, upright = {counts[('forget', 'upright')]} forget + "
+        f"{counts[('retain', 'upright')]} retain rows.  Features: pixels / 16 after mirroring, PCA to 30 "
+        "dimensions fitted on all rows.  Evaluation: label mode (10-class logistic regression), "
+        "`--group-col style`; per-group accuracy = accuracy on the group's held-out *retain* rows (the data "
+        "we keep); gap = best group - worst group.  `reweight` = the same fit trained with the retain rows' "
+        "`sample_weight` (README, \"Groups\").",
+        f"Methods {', '.join(GROUP_METHODS)}; budgets {', '.join(f'{b:g}' for b in GROUP_BUDGETS)}; three runs: "
+        f"global budgets (default), stratified budgets, and global budgets with `--group-cap {GROUP_CAP}`.",
+        "",
+    ]
+    runs = (("global", {}), ("stratified", {"group_budget": "stratified"}),
+            (f"cap {GROUP_CAP}", {"group_cap": GROUP_CAP}))
+    table = []
+    baseline_done = False
+    for name, options in runs:
+        run_id = "groups-" + name.replace(" ", "-")
+        output = str(root / "out")
+        cfg = job_config(forget=f, retain=r, output=output, run_id=run_id, methods=GROUP_METHODS,
+                         budgets=GROUP_BUDGETS, label_col="label", group_col=("style",), reweight=True, **options)
+        t1 = time.monotonic()
+        run_pipeline(spark, cfg)
+        run_evaluation(spark, cfg, EvalOptions.from_config(cfg))
+        log.info("groups %s: job and evaluation in %.0f s", name, time.monotonic() - t1)
+        gd = read_run(spark, output, "group_diagnostics", run_id)
+        eg = read_run(spark, output, "evaluation_groups", run_id)
+        for (method, budget, weighting), fit in eg.groupby(["method", "budget", "weighting"], dropna=False):
+            if method == "none" and (baseline_done or weighting != "none"):
+                continue
+            per = fit[fit.group.notna() & fit.retain_accuracy.notna()]
+            allrows = fit[fit.group.isna()].iloc[0]
+            worst = per.loc[per.retain_accuracy.idxmin()]
+            best = per.loc[per.retain_accuracy.idxmax()]
+            dm = gd[(gd.method == method) & (gd.budget == budget) & (gd.group == "mirrored")]
+            rate = "0" if method == "none" else f"{float(dm.deletion_rate.iloc[0]):.2f} ({int(dm.removed.iloc[0])})"
+            table.append(["none (no removal)" if method == "none" else name, method,
+                          "-" if method == "none" else f"{budget:g}", weighting, rate,
+                          fmt(float(allrows.forget_recall)), fmt(float(allrows.retain_accuracy)),
+                          f"{worst.group} {float(worst.retain_accuracy):.3f}",
+                          fmt(float(best.retain_accuracy) - float(worst.retain_accuracy))])
+        baseline_done = True
+    sec.lines += [
+        *md_table(["budgets", "method", "budget", "weighting", "mirrored deletion rate (rows)", "forget recall",
+                   "retain accuracy", "worst group accuracy", "gap"], table),
+        "",
+    ]
+    sec.seconds = time.monotonic() - t0
+    return sec
+
+
 # ---------------------------------------------------------------------- the Markdown file
 def machine_lines(started: dt.datetime, total: float, load_start: tuple[float, ...],
                   load_end: tuple[float, ...]) -> list[str]:
@@ -735,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                     sec = section_gaussian(spark, work, sizes, figdir)
                 elif name == "digits":
                     sec = section_digits(spark, work, sizes, figdir)
+                elif name == "groups":
+                    sec = section_groups(spark, work, sizes, figdir)
                 else:
                     sec = section_spam(spark, work, sizes, figdir, Path(args.cache))
             except Exception as exc:  # record the failure in RESULTS.md and go on with the rest

@@ -1,7 +1,10 @@
-"""Downstream evaluation: budget_to_halve on hand-computed curves (no Spark), then the Spark
-evaluation against independent references: the held-out split recomputed from its documented
-formula, scikit-learn's logistic regression on the same training rows, a numpy log-loss from
-the Spark model's probabilities, and the evaluation tables read back with delta-rs."""
+"""Downstream evaluation: budget_to_halve and group_gap on hand-computed values (no Spark),
+then the Spark evaluation against independent references: the held-out split recomputed from
+its documented formula, scikit-learn's logistic regression on the same training rows, a numpy
+log-loss from the Spark model's probabilities, the evaluation tables read back with delta-rs;
+with groups (hand-made removal sets, not nested across budgets): training counts from the
+split, per-group metrics from the collected predictions, and the reweighted fit against an
+unweighted fit on data with the weighted rows duplicated."""
 
 from __future__ import annotations
 
@@ -15,13 +18,18 @@ import numpy as np
 import pytest
 
 from conftest import frame, make_config, read_delta, write_table
+from distunlearn.config import JobConfig
 from distunlearn.errors import ConfigError, InputError
 from distunlearn.evaluate import (
+    EVALUATION_GROUPS,
+    WEIGHT,
     EvalOptions,
     budget_to_halve,
     fit_model,
+    group_gap,
     prepare_evaluation,
     run_evaluation,
+    weight_column,
 )
 from distunlearn.pipeline import run_pipeline
 
@@ -310,3 +318,278 @@ def test_sources_default_to_the_runs_record(spark, small_run):
     report = run_evaluation(spark, cfg, EvalOptions())
     assert [r["method"] for r in report.rows] == ["none", "random"]
     assert len(read_delta(f"{small_run.output}/evaluation")) == 2
+
+
+# ---------------------------------------------------------------------- group_gap and options (pure)
+def test_group_gap_on_hand_computed_rows():
+    rows = [{"group": None, "retain_accuracy": 0.5},     # the all-rows row: left out
+            {"group": "de", "retain_accuracy": 0.75},
+            {"group": "en", "retain_accuracy": 0.95},
+            {"group": "fr", "retain_accuracy": None},    # no held-out retain row: left out
+            {"group": "es", "retain_accuracy": 0.75},    # ties the worst: "de" < "es"
+            {"group": "it", "retain_accuracy": 0.95}]    # ties the best: "en" < "it"
+    worst_group, worst, best_group, best, gap = group_gap(rows)
+    assert (worst_group, worst, best_group, best) == ("de", 0.75, "en", 0.95)
+    assert gap == pytest.approx(0.2, abs=1e-15)
+    assert group_gap([{"group": "a", "retain_accuracy": 0.6}]) == ("a", 0.6, "a", 0.6, 0.0)
+    assert group_gap([{"group": None, "retain_accuracy": 1.0}]) == (None,) * 5
+    assert group_gap([]) == (None,) * 5
+
+
+def test_options_read_groups_from_the_config_and_reweight_needs_them():
+    opts = EvalOptions.from_config(JobConfig(group_col=("lang", "src"), reweight=True))
+    assert (opts.group_cols, opts.reweight) == (("lang", "src"), True)
+    assert EvalOptions.from_config(JobConfig()).group_cols == ()
+    with pytest.raises(ConfigError, match="reweight needs --group-col"):
+        EvalOptions(reweight=True).check()
+
+
+# ---------------------------------------------------------------------- groups, hand-made removal sets
+N_FORGET, RETAIN0 = 100, 1000
+F_LANG = ["a"] * 60 + ["b"] * 20 + ["c"] * 20   # forget ids 0..99; group c has no retain row
+R_LANG = ["a"] * 20 + ["b"] * 40                # retain ids 1000..1059
+SETS_SCHEMA = ("run_id string, method string, budget double, budget_count long, k long, rank long, id long, "
+               "score double, group string")
+HOLDOUT = 0.25
+
+
+@pytest.fixture(scope="module")
+def group_tables(spark, tmp_path_factory):
+    """2-D rows with a ``lang`` column: forget ~ N(0, I) in groups a, b, c; retain a ~ N(0.8, I)
+    (overlapping the forget rows, so no training set is separable, and weighting them moves the
+    fit), retain b ~ N(6, 0.25 I) (far from every forget row: its held-out rows are all
+    classified retain).  Returns the root, both paths and the held-out ids of each table (the
+    documented split, seed 0)."""
+    root = tmp_path_factory.mktemp("evalgroups")
+    rng = np.random.default_rng(21)
+    xf = rng.standard_normal((N_FORGET, 2))
+    xr = np.vstack([rng.standard_normal((20, 2)) + 0.8, 0.5 * rng.standard_normal((40, 2)) + 6.0])
+    schema = "id long, features array<double>, lang string"
+    f = write_table(spark, frame(range(N_FORGET), xf).assign(lang=F_LANG), root / "forget", schema)
+    r = write_table(spark, frame(range(RETAIN0, RETAIN0 + 60), xr).assign(lang=R_LANG), root / "retain", schema)
+    held_f = heldout_ids(spark, list(range(N_FORGET)), 0, HOLDOUT)
+    held_r = heldout_ids(spark, list(range(RETAIN0, RETAIN0 + 60)), 0, HOLDOUT)
+    return root, f, r, held_f, held_r
+
+
+def write_sets(spark, output: str, run_id: str, sets: dict[tuple[str, float], list[int]]) -> None:
+    """Append a run's removal sets (one row per id, rank = position in the list) with the extra
+    nullable group column of group runs."""
+    rows = [(run_id, m, b, None, len(ids), rank, i, -float(rank), F_LANG[i] if 0 <= i < N_FORGET else None)
+            for (m, b), ids in sets.items() for rank, i in enumerate(ids, 1)]
+    spark.createDataFrame(rows, SETS_SCHEMA).write.format("delta").mode("append").save(f"{output}/removal_sets")
+
+
+def training(ids, held: set[int]) -> list[int]:
+    return [i for i in ids if i not in held]
+
+
+def test_sets_that_are_not_nested_are_removed_exactly(spark, group_tables):
+    """Method m's budget-0.2 set (ids 0..19) is not in its budget-0.3 set (ids 20..49): each fit
+    removes exactly its own set (a rank prefix would remove 0..49 at 0.3); method `nested` has
+    nested sets.  No group columns: no evaluation_groups table."""
+    root, f, r, held_f, held_r = group_tables
+    sets = {("m", 0.2): list(range(20)), ("m", 0.3): list(range(20, 50)),
+            ("nested", 0.2): list(range(20)), ("nested", 0.3): list(range(30))}
+    cfg = make_config(root, f, r, run_id="nn", output=str(root / "out_nn"), budgets=(0.2, 0.3))
+    write_sets(spark, cfg.output, "nn", sets)
+    opts = EvalOptions(holdout_fraction=HOLDOUT, max_iter=5)
+    report = run_evaluation(spark, cfg, opts)
+    n_retain_train = len(training(range(RETAIN0, RETAIN0 + 60), held_r))
+    expected = {("none", 0.0): len(training(range(N_FORGET), held_f)) + n_retain_train}
+    for (m, b), ids in sets.items():
+        expected[(m, b)] = len(training(set(range(N_FORGET)) - set(ids), held_f)) + n_retain_train
+    got = {(row["method"], row["budget"]): row["n_train"] for row in report.rows}
+    assert got == expected
+    prefix = len(training(set(range(N_FORGET)) - set(range(50)), held_f)) + n_retain_train
+    assert expected[("m", 0.3)] != prefix  # what removing ranks <= 30 of both sets would train on
+    table = read_delta(f"{cfg.output}/evaluation")
+    assert {(m, b): n for m, b, n in zip(table.method, table.budget, table.n_train, strict=True)} == expected
+    assert not Path(cfg.output, EVALUATION_GROUPS).exists() and report.groups == []
+    data = prepare_evaluation(spark, cfg, opts)
+    try:
+        train = {row["id"] for row in data.train_frame("m", 30).select("id").collect()}
+        assert train == (set(training(range(N_FORGET), held_f)) - set(range(20, 50))) | \
+            set(training(range(RETAIN0, RETAIN0 + 60), held_r))
+    finally:
+        data.release()
+
+
+def test_removal_set_ids_missing_from_the_forget_table(spark, group_tables):
+    root, f, r, _, _ = group_tables
+    cfg = make_config(root, f, r, run_id="ghost", output=str(root / "out_ghost"), budgets=(0.2,))
+    write_sets(spark, cfg.output, "ghost", {("m", 0.2): [*range(17), 5000, 5001, 5002]})
+    with pytest.raises(InputError, match="method 'm'.* name 3 ids that are not in the forget table"):
+        run_evaluation(spark, cfg, EvalOptions(holdout_fraction=HOLDOUT))
+    assert not Path(cfg.output, "evaluation").exists()
+
+
+@pytest.fixture(scope="module")
+def group_run(spark, group_tables):
+    """Run "g", method m, two non-nested sets, evaluated with groups and reweighting (regParam
+    0, so weighting by 2 and duplicating a row have the same optimum):
+
+    * budget 0.3: the first n2_a training forget ids of group a (n2_a = group a's training
+      retain rows), one held-out forget id of group a (never trained on: not in r_a) and two
+      training forget ids of group c -> weights a 2, b 1, c None (no retain row);
+    * budget 0.2: every forget id of group b -> weight of b (n2_b + r_b) / n2_b, a and c 1."""
+    root, f, r, held_f, held_r = group_tables
+    n2 = {g: sum(1 for i, lang in enumerate(R_LANG) if lang == g and RETAIN0 + i not in held_r) for g in "ab"}
+    train_a = [i for i in range(60) if i not in held_f]
+    held_a = [i for i in range(60) if i in held_f]
+    train_c = [i for i in range(80, 100) if i not in held_f]
+    assert len(train_a) > n2["a"] and held_a and len(train_c) >= 2
+    weighted_set = train_a[:n2["a"]] + held_a[:1] + train_c[:2]
+    b_set = list(range(60, 80))
+    cfg = make_config(root, f, r, run_id="g", output=str(root / "out_g"), budgets=(0.2, 0.3))
+    write_sets(spark, cfg.output, "g", {("m", 0.2): b_set, ("m", 0.3): weighted_set})
+    opts = EvalOptions(holdout_fraction=HOLDOUT, reg_param=0.0, group_cols=("lang",), reweight=True)
+    report = run_evaluation(spark, cfg, opts)
+    r_b = len(training(b_set, held_f))
+    expected_weights = {len(weighted_set): {"a": 2.0, "b": 1.0, "c": None},
+                        len(b_set): {"a": 1.0, "b": (n2["b"] + r_b) / n2["b"], "c": 1.0}}
+    return cfg, opts, report, expected_weights
+
+
+def test_group_table_rows_and_report(group_run):
+    cfg, _, report, weights = group_run
+    table = read_delta(f"{cfg.output}/{EVALUATION_GROUPS}")
+    assert list(table.columns) == ["run_id", "method", "budget", "budget_count", "k", "weighting", "group",
+                                   "n_train", "n_test_retain", "retain_accuracy", "n_test_forget",
+                                   "forget_recall"]
+    # 3 fits x 2 weightings x (3 groups + the all-rows row)
+    assert len(table) == len(report.groups) == 3 * 2 * 4
+    assert set(table.weighting) == {"none", "reweight"} and (table.run_id == "g").all()
+    assert set(table.group.dropna()) == {"a", "b", "c"} and table.group.isna().sum() == 6
+    # the all-rows rows of the unweighted fits are the evaluation table's values
+    ev = read_delta(f"{cfg.output}/evaluation").set_index(["method", "budget"])
+    overall = table[table.group.isna() & (table.weighting == "none")]
+    for _, row in overall.iterrows():
+        e = ev.loc[(row.method, row.budget)]
+        assert (row.n_train, row.n_test_retain, row.n_test_forget) == (e.n_train, e.n_test_retain, e.n_test_forget)
+        assert (row.retain_accuracy, row.forget_recall) == (e.retain_accuracy, e.forget_recall)
+    # group c has no retain row: null accuracy; the baseline's reweight rows repeat its none rows
+    c = table[table.group == "c"]
+    assert (c.n_test_retain == 0).all() and c.retain_accuracy.isna().all() and (c.n_test_forget > 0).all()
+    base = table[table.method == "none"].sort_values(["group", "weighting"], na_position="first")
+    cols = ["group", "n_train", "n_test_retain", "retain_accuracy", "n_test_forget", "forget_recall"]
+    pd_none = base[base.weighting == "none"][cols].reset_index(drop=True)
+    pd_re = base[base.weighting == "reweight"][cols].reset_index(drop=True)
+    assert pd_none.equals(pd_re)
+    # group b's retain rows are far from every forget row, a's overlap them: a is the worst
+    assert (base[base.group == "b"].retain_accuracy == 1.0).all()
+    text = report.table()
+    line = next(x for x in text.splitlines() if x.split()[:3] == ["none", "0", "none"])
+    worst_group, worst, best_group, best, gap = group_gap([g for g in report.groups if g["method"] == "none"
+                                                           and g["weighting"] == "none"])
+    assert (worst_group, best_group, best) == ("a", "b", 1.0) and gap == pytest.approx(1.0 - worst) and gap > 0
+    assert f"a {worst:.4f}" in line and "b 1.0000" in line and f"{gap:.4f}" in line
+    assert sorted(k for k in weights) == sorted(set(table[table.method == "m"].k))
+
+
+def test_group_metrics_match_the_collected_predictions(spark, group_run):
+    """Refit each unweighted model (deterministic L-BFGS) and recompute every group's accuracy
+    and recall in pandas from the collected predictions of the held-out rows."""
+    cfg, opts, report, _ = group_run
+    table = read_delta(f"{cfg.output}/{EVALUATION_GROUPS}")
+    data = prepare_evaluation(spark, cfg, opts)
+    try:
+        for method, budget, k in [("none", 0.0, 0)] + [("m", f.budget, f.k) for f in data.fits]:
+            model, _ = fit_model(data.train_frame(method, k), opts, data.num_classes)
+            pred = model.transform(data.test_frame()).select("group", "domain", "label", "prediction").toPandas()
+            rows = table[(table.method == method) & (table.budget == budget) & (table.weighting == "none")]
+            for group in ("a", "b", "c"):
+                mine = pred[pred.group == group]
+                retain, forget = mine[mine.domain == 0], mine[mine.domain == 1]
+                row = rows[rows.group == group].iloc[0]
+                assert row.n_test_retain == len(retain) and row.n_test_forget == len(forget)
+                if len(retain):
+                    assert row.retain_accuracy == pytest.approx((retain.prediction == retain.label).mean(), abs=1e-12)
+                assert row.forget_recall == pytest.approx((forget.prediction == 1.0).mean(), abs=1e-12)
+            assert (rows.n_train == data.train_frame(method, k).count()).all()
+    finally:
+        data.release()
+
+
+def test_reweighted_fit_equals_duplicated_retain_rows(spark, group_run):
+    """At budget 0.3 group a's retain rows weigh exactly 2, b's 1 (nothing of b removed) and c has
+    no retain row (weight None): the weighted fit must equal an unweighted fit on the training
+    rows with group a's retain rows duplicated, and the evaluation's reweight rows must be the
+    duplicated model's metrics; the weights of both budgets are the hand-computed ones."""
+    from pyspark.sql import functions as F
+
+    cfg, opts, report, weights = group_run
+    data = prepare_evaluation(spark, cfg, opts)
+    try:
+        for fit in data.fits:
+            assert data.retain_weights("m", fit.k) == pytest.approx(weights[fit.k]), fit
+        k = next(f.k for f in data.fits if f.budget == 0.3)
+        w = data.retain_weights("m", k)
+        train = data.train_frame("m", k)
+        with_w = train.withColumn(WEIGHT, weight_column(w))
+        seen = {(r["domain"], r["group"], r[WEIGHT]) for r in with_w.select("domain", "group", WEIGHT).collect()}
+        assert seen == {(0, "a", 2.0), (0, "b", 1.0), (1, "a", 1.0), (1, "b", 1.0), (1, "c", 1.0)}
+        weighted, _ = fit_model(with_w, opts, data.num_classes, WEIGHT)
+        doubled = train.unionByName(train.where((F.col("domain") == 0) & (F.col("group") == "a")))
+        reference, counts = fit_model(doubled, opts, data.num_classes)
+        plain, _ = fit_model(train, opts, data.num_classes)
+        coef = lambda m: np.r_[m.coefficients.toArray(), m.intercept]  # noqa: E731
+        np.testing.assert_allclose(coef(weighted), coef(reference), rtol=1e-4, atol=1e-4)
+        assert np.abs(coef(plain) - coef(reference)).max() > 0.05  # the weights do matter here
+        keyed = ["id", "group", "domain", "label", "prediction"]
+        ref = reference.transform(data.test_frame()).select(*keyed).toPandas().set_index("id")
+        unw = plain.transform(data.test_frame()).select(*keyed).toPandas().set_index("id").loc[ref.index]
+        assert (ref.prediction != unw.prediction).sum() > 0  # the weights change held-out predictions
+        rows = {r["group"]: r for r in report.groups
+                if r["method"] == "m" and r["k"] == k and r["weighting"] == "reweight"}
+        unweighted_rows = {r["group"]: r for r in report.groups
+                           if r["method"] == "m" and r["k"] == k and r["weighting"] == "none"}
+        assert rows["a"]["retain_accuracy"] != unweighted_rows["a"]["retain_accuracy"]  # refitted, not copied
+        n_train = train.count()
+        held = set(ref.index)
+        n2_a = sum(1 for i, g in enumerate(R_LANG) if g == "a" and RETAIN0 + i not in held)
+        assert sum(counts.values()) == n_train + n2_a  # the duplicated rows
+        assert all(r["n_train"] == n_train for r in rows.values())  # weights do not change n_train
+        for group in ("a", "b", "c", None):
+            mine = ref if group is None else ref[ref.group == group]
+            retain, forget = mine[mine.domain == 0], mine[mine.domain == 1]
+            if len(retain):
+                assert rows[group]["retain_accuracy"] == pytest.approx((retain.prediction == retain.label).mean())
+            assert rows[group]["forget_recall"] == pytest.approx((forget.prediction == 1.0).mean())
+    finally:
+        data.release()
+
+
+@pytest.fixture
+def tiny_group_tables(spark, tmp_path):
+    """20 forget and 30 retain rows with lang and src columns and a run "t1" of method m."""
+    rng = np.random.default_rng(2)
+    schema = "id long, features array<double>, lang string, src string"
+    pf = frame(range(20), rng.standard_normal((20, 2))).assign(lang="a", src="web")
+    pr = frame(range(100, 130), rng.standard_normal((30, 2)) + 2).assign(lang="a", src="web")
+    return tmp_path, pf, pr, schema
+
+
+@pytest.mark.parametrize(("side", "column", "group_cols", "message"), [
+    ("retain", "lang", ("lang",), "group column 'lang' of the retain table has null values"),
+    ("forget", "src", ("lang", "src"), "group column 'src' of the forget table has null values"),
+    (None, None, ("region",), "no column 'region'"),
+])
+def test_bad_group_input_writes_nothing(spark, tiny_group_tables, side, column, group_cols, message):
+    root, pf, pr, schema = tiny_group_tables
+    if side == "retain":
+        pr.loc[3, column] = None
+    elif side == "forget":
+        pf.loc[5, column] = None
+    f = write_table(spark, pf, root / "forget", schema)
+    r = write_table(spark, pr, root / "retain", schema)
+    cfg = make_config(root, f, r, budgets=(0.5,))
+    write_sets(spark, cfg.output, "t1", {("m", 0.5): list(range(10))})
+    with pytest.raises(InputError, match=message) as info:
+        run_evaluation(spark, cfg, EvalOptions(group_cols=group_cols, reweight=True))
+    assert "\n" not in str(info.value)
+    for name in ("evaluation", "evaluation_summary", EVALUATION_GROUPS):
+        assert not Path(cfg.output, name).exists()
+    with pytest.raises(ConfigError, match="reweight needs --group-col"):
+        run_evaluation(spark, cfg, EvalOptions(reweight=True))
+

@@ -248,3 +248,35 @@ def test_null_group_is_an_input_error_and_nothing_is_written(spark, grouped, tmp
     assert not (tmp_path / "out").exists()
     with pytest.raises(InputError, match="no column 'missing'"):
         run_pipeline(spark, dataclasses.replace(cfg, group_col=("missing",)))
+
+
+def test_report_has_the_group_section(spark, grouped, tmp_path):
+    from distunlearn.report import write_report
+
+    cfg, _, sets = _run(spark, grouped, "g-global", reweight=True)
+    page = write_report(spark, cfg, str(tmp_path / "r.html"), sample_rows=50).read_text()
+    assert '<figure id="fig-groups">' in page and "<h2>Groups</h2>" in page
+    # the table at budget 0.5 (the largest short of 1.0): group a's removed count for mu2
+    removed = int(((sets.method == "mu2") & (sets.budget == 0.5) & (sets.group == "a")).sum())
+    assert f"<td>mu2</td><td>a</td><td>50</td><td>20</td><td>50</td><td>{removed}</td>" in page
+
+
+def test_score_subcommand_with_groups_and_a_later_run_without(spark, grouped):
+    """`score` with stored statistics reads the retain groups too and gives the same stratified
+    sets as `run`; a run without groups can still write to the same removal_sets table."""
+    from distunlearn.pipeline import run_score
+
+    root, paths, _ = grouped
+    _, _, strat = _run(spark, grouped, "g-strat", group_budget="stratified")
+    cfg = make_config(root, paths["forget"], paths["retain"], run_id="g-score", stats_run_id="g-strat",
+                      methods=METHODS, budgets=BUDGETS, group_col=("lang",), group_budget="stratified")
+    run_score(spark, cfg)
+    sets = read_delta(root / "out" / "removal_sets")
+    scored = sets[sets.run_id == "g-score"]
+    key = ["method", "budget", "id"]
+    assert scored[key].sort_values(key).values.tolist() == strat[key].sort_values(key).values.tolist()
+    plain = dataclasses.replace(cfg, run_id="g-plain", stats_run_id="", group_col=(), group_budget="global",
+                                methods=("mu2",), budgets=(0.5,))
+    run_pipeline(spark, plain)
+    sets = read_delta(root / "out" / "removal_sets")
+    assert sets[sets.run_id == "g-plain"].group.isna().all() and (sets.run_id == "g-plain").sum() == 40

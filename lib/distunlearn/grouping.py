@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession

@@ -72,6 +72,8 @@ class ReportData:
     calibration: list[dict[str, Any]] = field(default_factory=list)
     evaluation: list[dict[str, Any]] = field(default_factory=list)
     evaluation_summary: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # group_diagnostics (runs with --group-col)
+    evaluation_groups: list[dict[str, Any]] = field(default_factory=list)
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # domain -> method -> scores
 
 
@@ -121,6 +123,8 @@ def collect(spark: SparkSession, cfg: JobConfig, sample_rows: int = 5000) -> Rep
     run_cfg = from_stored(json.loads(run["config"]))
     data = ReportData(cfg.run_id, run, _rows(spark, cfg, io.DIAGNOSTICS), _rows(spark, cfg, io.CALIBRATION),
                       _rows(spark, cfg, io.EVALUATION), _rows(spark, cfg, io.EVALUATION_SUMMARY))
+    data.groups = _rows(spark, cfg, "group_diagnostics")
+    data.evaluation_groups = _rows(spark, cfg, "evaluation_groups")
     data.scores = _sample_scores(spark, run, run_cfg, sample_rows)
     return data
 
@@ -229,6 +233,56 @@ def evaluation_figure(rows: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
+def group_figure(rows: list[dict[str, Any]]) -> str:
+    """Deletion rate r_g / N_g against the budget, one panel per method, one line per group."""
+    import matplotlib.pyplot as plt
+
+    methods = _methods(rows)
+    groups = sorted({r["group"] for r in rows})
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 1, 3.4), squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        for g in groups[:12]:
+            pts = sorted((r["budget"], r["deletion_rate"] or 0.0) for r in rows if r["method"] == m and r["group"] == g)
+            ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", ms=3, label=g)
+        ax.set(xlabel="budget", title=m)
+    axes[0][0].set_ylabel("deletion rate of the group")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _group_section(data: ReportData) -> list[str]:
+    rows = data.groups
+    top = max(r["budget"] for r in rows)
+    below = [r["budget"] for r in rows if r["budget"] < top]
+    shown = max(below) if below else top  # the largest budget short of everything
+    parts = ["<h2>Groups</h2>", _figure("fig-groups", group_figure(rows),
+             "Share of each group's rows (forget + retain) that the removal set deletes, against the budget.")]
+    parts.append(f"<p>At budget {shown:g}, per method and group (KL shift = KL(before || after) of the "
+                 "group's Gaussian fit; weight = the retain rows' sample weight under --reweight):</p>")
+    parts.append(_table(["method", "group", "forget rows", "retain rows", "capacity", "removed", "deletion rate",
+                         "KL shift", "weight"],
+                        [[r["method"], r["group"], r["n_forget"], r["n_retain"], r["capacity"], r["removed"],
+                          r["deletion_rate"], r["kl_shift"], r["sample_weight"]]
+                         for r in sorted(rows, key=lambda r: (r["method"], r["group"])) if r["budget"] == shown]))
+    ev = [r for r in data.evaluation_groups if r.get("group") is not None and r.get("retain_accuracy") is not None]
+    if ev:
+        fits: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for r in ev:
+            fits.setdefault((r["method"], r["budget"], r["weighting"]), []).append(r)
+        table = []
+        for (m, b, w), rs in sorted(fits.items(), key=lambda kv: (kv[0][0] != "none", *kv[0])):
+            worst = min(rs, key=lambda r: r["retain_accuracy"])
+            best = max(rs, key=lambda r: r["retain_accuracy"])
+            table.append([m, b, w, worst["group"], worst["retain_accuracy"], best["retain_accuracy"],
+                          best["retain_accuracy"] - worst["retain_accuracy"]])
+        parts.append("<p>Downstream model, held-out retain rows per group (weighting <code>reweight</code>: trained "
+                     "with the retain rows' sample weights):</p>")
+        parts.append(_table(["method", "budget", "weighting", "worst group", "worst accuracy", "best accuracy",
+                             "gap"], table))
+    return parts
+
+
 # ---------------------------------------------------------------------- page
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
@@ -275,6 +329,8 @@ def render(data: ReportData) -> str:
                          f"{first['alpha_max']:.4g} (kappa = {first['kappa']:.4g}). Smallest budget reaching "
                          f"alpha &ge; {first['target_alpha']:.4g}:</p>")
             parts.append(_table(["method", "budget"], [[m, c["budget_for_target"]] for m, c in cal.items()]))
+    if data.groups:
+        parts += _group_section(data)
     if data.evaluation:
         parts += ["<h2>Downstream model</h2>", _figure("fig-eval", evaluation_figure(data.evaluation),
                   "Logistic regression trained on the edited data, measured on held-out rows.")]
