@@ -177,7 +177,7 @@ def test_stratified_budgets_are_exact_per_group_top_k(spark, grouped):
 
 def test_cap_limits_every_group_and_takes_the_next_rows(spark, grouped):
     _, _, global_sets = _run(spark, grouped, "g-global", reweight=True)
-    cfg, report, sets = _run(spark, grouped, "g-cap", group_cap=0.3)
+    cfg, report, sets = _run(spark, grouped, "g-cap", group_cap=0.3, budget_counts=(70,))  # 70 and 1.0 -> 48
     caps = {"a": 21, "b": 27, "c": 0}  # floor(0.3 * 70) = 21, floor(0.3 * 90) = 27
     for m in METHODS:
         scores = _scores(global_sets, m)
@@ -187,7 +187,9 @@ def test_cap_limits_every_group_and_takes_the_next_rows(spark, grouped):
             got = sets[(sets.method == m) & (sets.budget == b)]
             assert set(got.id) == _top(eligible, k) and set(got.k) == {k}
             assert all((got.group == g).sum() <= c for g, c in caps.items())
-    assert [r["k"] for r in report.summary if r["method"] == "mu2"] == [8, 20, 40, 48]
+    assert [r["k"] for r in report.summary if r["method"] == "mu2"] == [8, 20, 40, 48, 48]
+    capped = sets[(sets.method == "mu2") & (sets.budget_count == 70)]
+    assert set(capped.id) == set(sets[(sets.method == "mu2") & (sets.budget == 1.0)].id) and len(capped) == 48
 
 
 def test_stratified_with_cap(spark, grouped):

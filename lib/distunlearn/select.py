@@ -206,8 +206,9 @@ def _lowest_rows(rows: DataFrame) -> dict[tuple[str, int], tuple[float, object]]
 
 
 def group_removed(rows: DataFrame) -> dict[tuple[str, int, str], int]:
-    """Rows removed per (method, k, group) (one aggregation of the selection's rows)."""
-    counts = rows.groupBy(METHOD, "k", GROUP).count().collect()
+    """Rows removed per (method, k, group) (one aggregation of the selection's rows, counted per
+    budget: two budgets of the same k, e.g. both reduced by a cap, hold the same set)."""
+    counts = rows.groupBy(METHOD, "budget", "budget_count", "k", GROUP).count().collect()
     return {(r[METHOD], int(r["k"]), r[GROUP]): int(r["count"]) for r in counts}
 
 
