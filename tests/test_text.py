@@ -336,3 +336,31 @@ def test_a_feature_run_never_merges_a_text_runs_statistics(spark, tmp_path):
     mean = stats[(stats.run_id == "as-features") & (stats.domain == "forget")]["mean"].iloc[0]
     features = read_delta(paths["forget"]).sort_values("id")["features"]
     np.testing.assert_allclose(np.asarray(mean), np.vstack(features).mean(0), rtol=1e-12)
+
+
+def test_text_with_stratified_groups(spark, corpus, tmp_path):
+    """--group-col on text input: the group passes through the featurizer, and each group's part
+    of a stratified set is the top of the reference lr_ngram scores within the group."""
+    from pyspark.sql import functions as F
+
+    from distunlearn.groups import apportion
+
+    _, paths, sample = corpus
+    grouped = {}
+    for domain in ("forget", "retain"):
+        df = spark.read.format("delta").load(paths[domain]).withColumn("src", (F.col("id") % 3 == 0).cast("string"))
+        grouped[domain] = str(tmp_path / domain)
+        df.write.format("delta").save(grouped[domain])
+    cfg = make_config(tmp_path, grouped["forget"], grouped["retain"], text_col="text", ngram_hash="sha256",
+                      ngram_buckets=1024, text_dim=8, methods=("lr_ngram", "mu2"), budgets=(0.5,), budget_counts=(),
+                      run_id="text-groups", group_col=("src",), group_budget="stratified")
+    run_pipeline(spark, cfg)
+    ids, scores, _ = _reference_scores(sample, 1024, 1.0)
+    src = np.where(ids % 3 == 0, "true", "false")
+    sets = read_delta(Path(cfg.output) / "removal_sets")
+    ours = sets[sets.method == "lr_ngram"]
+    quotas = apportion(20, {g: int((src == g).sum()) for g in ("true", "false")})
+    assert sum(quotas.values()) == 20 and len(ours) == 20
+    for g, q in quotas.items():
+        mask = src == g
+        assert sorted(ours[ours.group == g].id) == sorted(_top(ids[mask], scores[mask], q))

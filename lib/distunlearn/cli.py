@@ -39,7 +39,8 @@ subcommands:
   stats  compute and store the forget and retain statistics only
   score  score and select with statistics already stored (this run id, or --stats-run-id)
   evaluate  train a classifier per method and budget on the edited data, measure it on
-         held-out rows (evaluation, evaluation_summary); --forget/--retain default to the run's
+         held-out rows (evaluation, evaluation_summary; with --group-col per group, and with
+         --reweight weighted fits too: evaluation_groups); --forget/--retain default to the run's
   report  write one self-contained HTML page of a run's evidence (--html FILE)
   demo   generate seeded Gaussian demo tables and run the job on them (--text: text tables
          from a vendored SpamAssassin sample, run with --text-col)

@@ -10,6 +10,8 @@ Output tables (Delta, created on first write, one folder each under ``output``):
 ``ngram_statistics`` partitioned by run_id (text input only)
     run_id, domain, buckets, ngram_order, ngram_hash, tokenizer, n_docs, n_grams, counts
     (summed n-gram counts per bucket), doc_freq (documents per bucket), source, created_at
+``group_diagnostics`` partitioned by run_id, ``retain_weights`` by (run_id, method) (runs
+with ``--group-col``; see :mod:`distunlearn.grouping`)
 ``runs`` partitioned by nothing (one small row per run)
     run_id, status, started_at, finished_at, config (JSON), sources, counts, covariance,
     timings, summary (per method and budget: k and the score threshold)
