@@ -308,3 +308,25 @@ def test_group_options_from_the_command_line(grouped, tmp_path):
     got = {(r.budget, r.group): r.removed for r in diag.itertuples()}
     assert got == {(0.5, "a"): 25, (0.5, "b"): 15, (0.5, "c"): 0, (1.0, "a"): 35, (1.0, "b"): 30, (1.0, "c"): 0}
     assert len(read_delta(out / "retain_weights")) == 120 * 2
+
+
+def test_two_group_columns_combine_and_a_null_part_is_an_error(spark, grouped, tmp_path):
+    root, paths, frames = grouped
+    tables = {}
+    for domain, pdf in frames.items():
+        pdf = pdf.assign(src=(pdf.id % 2).map({0: "web", 1: "books"}))
+        tables[domain] = write_table(spark, pdf, tmp_path / domain,
+                                     "id long, lang string, features array<double>, src string")
+    cfg = make_config(tmp_path, tables["forget"], tables["retain"], methods=("mu2",), budgets=(0.5,),
+                      group_col=("lang", "src"))
+    run_pipeline(spark, cfg)
+    diag = read_delta(tmp_path / "out" / "group_diagnostics")
+    f = frames["forget"].assign(src=(frames["forget"].id % 2).map({0: "web", 1: "books"}))
+    expected = {f'["{g}","{s}"]': n for (g, s), n in f.groupby(["lang", "src"]).size().items()}
+    assert {r.group: r.n_forget for r in diag.itertuples() if r.n_forget} == expected
+    assert diag.removed.sum() == 40
+    bad = frames["forget"].assign(src=["web"] * 79 + [None])
+    forget = write_table(spark, bad, tmp_path / "bad", "id long, lang string, features array<double>, src string")
+    with pytest.raises(InputError, match=r"group column 'lang', 'src' of the forget table has null values"):
+        run_pipeline(spark, dataclasses.replace(cfg, forget=forget, output=str(tmp_path / "out2")))
+    assert not (tmp_path / "out2").exists()

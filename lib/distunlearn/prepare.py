@@ -47,10 +47,14 @@ def id_column(df: DataFrame, id_col: str, domain: str) -> Column:
 
 def group_column(df: DataFrame, group_cols: tuple[str, ...], domain: str) -> Column:
     """The group of a row as a string (``--group-col``): the column cast to string, or for several
-    columns the JSON array of their string values (``["en","web"]``: unambiguous).  Nulls stay
-    null here; :func:`distunlearn.grouping.group_counts` rejects them."""
+    columns the JSON array of their string values (``["en","web"]``: unambiguous), null when any
+    of them is null.  Nulls stay null here; :func:`distunlearn.aggregate.group_stats` rejects
+    them."""
     cols = [F.col(_field(df, c, domain).name).cast("string") for c in group_cols]
-    return cols[0] if len(cols) == 1 else F.to_json(F.array(*cols))
+    if len(cols) == 1:
+        return cols[0]
+    any_null = F.greatest(*[c.isNull() for c in cols])  # a null part makes the group null
+    return F.when(~any_null, F.to_json(F.array(*cols)))
 
 
 def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: tuple[str, ...] = (),

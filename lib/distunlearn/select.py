@@ -167,7 +167,8 @@ def select_group_sets(scores: DataFrame, budgets: list[Budget], mode: str, quota
     """
     spark = scores.sparkSession
     total = sum(caps.values())
-    by_group, ordered_g = rank_scores(scores, max(total, 1) if mode == "global" else _largest(quotas), 1,
+    # ranks within (method, group) up to the longest prefix any set takes (n: no pruning by group)
+    by_group, ordered_g = rank_scores(scores, max(total, 1) if mode == "global" else _largest(quotas), 0,
                                       partitions, keys=(METHOD, GROUP), rank_col=GRANK)
     by_group = by_group.persist(SCRATCH)
     persisted: list[DataFrame] = [by_group, ordered_g]
