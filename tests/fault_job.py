@@ -45,8 +45,8 @@ def kill_worker_once(marker: str) -> None:
     that first creates ``marker`` kills itself with SIGKILL; every other batch passes."""
     original = score._scorer
 
-    def scorer(broadcast, methods, *rest):  # nested: shipped to the workers by value
-        inner = original(broadcast, methods, *rest)
+    def scorer(broadcast, methods):  # nested: shipped to the workers by value
+        inner = original(broadcast, methods)
 
         def partition(batches):
             for rb in inner(batches):
