@@ -54,13 +54,14 @@ def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
                 yield rb, batch, model.score(batch.x, methods, grams)
 
 
-def _scorer(broadcast: object, methods: tuple[str, ...], carry: tuple[str, ...] = ()) -> ArrowUdf:
-    """mapInArrow body for ``methods``: (id, features) batches -> (id, *carry, one column per
-    method); ``carry`` columns (the group) pass through."""
+def _scorer(broadcast: object, methods: tuple[str, ...]) -> ArrowUdf:
+    """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method);
+    a ``group`` column passes through, after the id."""
 
     def score_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model: ScoringModel = broadcast.value  # type: ignore[attr-defined]  # once per partition
         for rb, _, scores in score_batches(batches, model, methods):
+            carry = [GROUP] if GROUP in rb.schema.names else []
             cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
             yield pa.RecordBatch.from_arrays([rb.column(ID), *[rb.column(c) for c in carry], *cols],
                                              names=[ID, *carry, *methods])
@@ -108,7 +109,7 @@ def score_forget(forget: DataFrame, model: Broadcast[ScoringModel], methods: tup
     carry = (GROUP,) if GROUP in forget.columns else ()
     schema = T.StructType([T.StructField(ID, id_type, False), *[forget.schema[c] for c in carry]]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
-    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(model, kernel, carry), schema)
+    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(model, kernel), schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
     if selection == "gumbel":  # the ranking key becomes score + G(seed, id)
