@@ -768,16 +768,10 @@ def write_tables(spark: SparkSession, cfg: JobConfig, report: EvaluationReport) 
     has group rows, ``evaluation_groups`` (the schemas of all checked first)."""
     from distunlearn import io
 
-    cols = [c.split()[0] for c in EVALUATION_SCHEMA.split(", ")]
-    evaluation = spark.createDataFrame([tuple(r[c] for c in cols) for r in report.rows], EVALUATION_SCHEMA)
-    scols = [c.split()[0] for c in SUMMARY_SCHEMA.split(", ")]
-    summary = spark.createDataFrame([tuple(s[c] for c in scols) for s in report.summary], SUMMARY_SCHEMA)
-    tables = [(evaluation, io.table_path(cfg.output, io.EVALUATION)),
-              (summary, io.table_path(cfg.output, io.EVALUATION_SUMMARY))]
+    tables = [(io.frame_of(spark, report.rows, EVALUATION_SCHEMA), io.table_path(cfg.output, io.EVALUATION)),
+              (io.frame_of(spark, report.summary, SUMMARY_SCHEMA), io.table_path(cfg.output, io.EVALUATION_SUMMARY))]
     if report.groups:
-        gcols = [c.split()[0] for c in GROUPS_SCHEMA.split(", ")]
-        grouped = spark.createDataFrame([tuple(r[c] for c in gcols) for r in report.groups], GROUPS_SCHEMA)
-        tables.append((grouped, io.table_path(cfg.output, EVALUATION_GROUPS)))
+        tables.append((io.frame_of(spark, report.groups, GROUPS_SCHEMA), io.table_path(cfg.output, EVALUATION_GROUPS)))
     for df, path in tables:
         io.check_schema(spark, df.schema, path)
     for df, path in tables:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,25 +202,25 @@ def write_tables(spark: SparkSession, cfg: object, ctx: GroupContext, points: li
             for g in ctx.groups:
                 p = by_key.get((m, b.k, g)) or group_point(m, 0, g, ctx.stats("forget", g), ctx.stats("retain", g),
                                                           ctx.stats("forget", g))
-                rows.append((run_id, m, b.budget, b.count, b.k, g, p.n_forget, p.n_retain, caps[g], p.removed,
-                             p.deletion_rate, p.forget_removed_share, p.kl_shift, p.sample_weight))
-    versions = {GROUP_DIAGNOSTICS: io.replace_run(spark.createDataFrame(rows, _GROUP_DIAGNOSTICS_SCHEMA),
+                rows.append({**dataclasses.asdict(p), "run_id": run_id, "budget": b.budget, "budget_count": b.count,
+                             "k": b.k, "capacity": caps[g]})
+    versions = {GROUP_DIAGNOSTICS: io.replace_run(io.frame_of(spark, rows, _GROUP_DIAGNOSTICS_SCHEMA),
                                                   io.table_path(output, GROUP_DIAGNOSTICS), run_id)}
     if retain is not None:
         versions[RETAIN_WEIGHTS] = write_weights(spark, run_id, output, rows, retain)
     return versions
 
 
-def write_weights(spark: SparkSession, run_id: str, output: str, rows: Sequence[tuple[Any, ...]],
+def write_weights(spark: SparkSession, run_id: str, output: str, rows: list[dict[str, Any]],
                   retain: DataFrame) -> int:
     """retain_weights: every retain row joined (broadcast) with its group's weight per method
-    and budget.  Partitioned by (run_id, method)."""
-    weights = [(r[1], r[2], r[5], r[13]) for r in rows if r[7]]  # groups with retain rows
+    and budget (``rows``: those of group_diagnostics).  Partitioned by (run_id, method)."""
     for r in rows:
-        if r[7] == 0 and r[9]:
+        if r["n_retain"] == 0 and r["removed"]:
             log.warning("group %r loses %d rows (%s, budget %g) and has no retain row to carry its weight",
-                        r[5], r[9], r[1], r[2])
-    table = spark.createDataFrame(weights, _WEIGHTS_SCHEMA)
+                        r["group"], r["removed"], r["method"], r["budget"])
+    weights = [{**r, "_g": r["group"]} for r in rows if r["n_retain"]]  # groups with retain rows
+    table = io.frame_of(spark, weights, _WEIGHTS_SCHEMA)
     out = (retain.select(ID, GROUP).join(F.broadcast(table), F.col(GROUP) == F.col("_g"))
            .select(F.lit(run_id).alias("run_id"), "method", "budget", ID, GROUP, "sample_weight"))
     return io.replace_run(out, io.table_path(output, RETAIN_WEIGHTS), run_id, partition_by=("run_id", "method"))

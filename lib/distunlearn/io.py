@@ -28,6 +28,7 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.types import DataType, StructType
@@ -100,6 +101,13 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
         return spark.table(source) if version is None else spark.sql(
             f"SELECT * FROM {source} VERSION AS OF {version}")
     raise InputError(f"{domain} table {source!r} not found: not a path and not a catalog table")
+
+
+def frame_of(spark: SparkSession, rows: list[dict[str, Any]], schema: str) -> DataFrame:
+    """A DataFrame of ``rows`` (dicts keyed by column name) with the DDL ``schema`` ("name type,
+    ..."): each row's values are taken in the schema's column order."""
+    columns = [c.split()[0] for c in schema.split(", ")]
+    return spark.createDataFrame([tuple(r[c] for c in columns) for r in rows], schema)
 
 
 def table_path(output: str, name: str) -> str:
