@@ -54,13 +54,13 @@ bench: $(STAMP)
 # Python environment (dist/distunlearn-env.tar.gz, rebuilt only when the sources change).
 CLUSTER_DIR ?= .cluster
 cluster-env: $(STAMP)
-	$(BIN)/python -m distunlearn.localcluster env --dest dist/distunlearn-env.tar.gz
+	$(BIN)/python scripts/localcluster.py env --dest dist/distunlearn-env.tar.gz
 
 cluster-up: $(STAMP)
-	$(BIN)/python -m distunlearn.localcluster up --state-dir $(CLUSTER_DIR)
+	$(BIN)/python scripts/localcluster.py up --state-dir $(CLUSTER_DIR)
 
 cluster-down: $(STAMP)
-	$(BIN)/python -m distunlearn.localcluster down --state-dir $(CLUSTER_DIR)
+	$(BIN)/python scripts/localcluster.py down --state-dir $(CLUSTER_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib jobs tests bench

@@ -108,6 +108,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(HERE))
 import spamassassin  # noqa: E402
 
 DSIR_REQUIREMENT = "data-selection==1.0.3"
@@ -189,7 +190,7 @@ def build_corpus(work: Path, replicate: int, max_docs: int) -> Path:
 
 # ------------------------------------------------------------------ the two commands
 def exact_k(fraction: float, n: int) -> int:
-    """floor(f * n) as the job computes it (distunlearn.budgets.exact_k)."""
+    """floor(f * n) as the job computes it (distunlearn.core.budgets.exact_k)."""
     return math.floor(Fraction(repr(float(fraction))) * n)
 
 
@@ -376,9 +377,12 @@ def read_ours(out: Path) -> dict[str, Any]:
     """Our removal sets per budget, the scores of all forget rows (budget 1.0), and, when the
     tables are there, the run's config/timings and the n-gram statistics."""
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    rs = read_delta(out / "removal_sets")
-    rs = rs.filter(pc.and_(pc.equal(rs["run_id"], RUN_ID), pc.equal(rs["method"], METHOD)))
+    from run import job_sets  # bench/run.py: the sets through the job's own reader
+
+    rs = pq.read_table(job_sets(out, RUN_ID))
+    rs = rs.filter(pc.equal(rs["method"], METHOD))
     cols = rs.select(["budget", "k", "rank", "id", "score"]).to_pydict()
     sets: dict[float, dict[str, Any]] = {}
     for b, k, r, i, s in zip(cols["budget"], cols["k"], cols["rank"], cols["id"], cols["score"], strict=True):
@@ -479,7 +483,7 @@ def analyse(corpus: Path, work: Path, run: dict[str, Any], extras_json: dict[str
 
     scores_map = ours.get("scores")
     if scores_map is None or len(scores_map) != n:
-        raise SystemExit(f"our removal_sets at budget 1.0 hold {0 if scores_map is None else len(scores_map)} "
+        raise SystemExit(f"our removal sets at budget 1.0 hold {0 if scores_map is None else len(scores_map)} "
                          f"rows, expected {n}")
     s = np.asarray([scores_map[int(i)] for i in ids], np.float64)
     a["pearson"], a["spearman"] = pearson(s, w), spearman(s, w)

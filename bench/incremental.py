@@ -50,9 +50,9 @@ def main() -> int:
 
     from deltalake import write_deltalake
 
-    from distunlearn.config import JobConfig
-    from distunlearn.pipeline import run_pipeline
-    from distunlearn.session import get_session
+    from distunlearn.commands.config import JobConfig
+    from distunlearn.commands.run import run_pipeline
+    from distunlearn.commands.session import get_session
 
     shutil.rmtree(args.work, ignore_errors=True)
     rng = np.random.default_rng(0)

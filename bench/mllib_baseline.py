@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from distunlearn.budgets import resolve_budgets
-    from distunlearn.config import JobConfig
-    from distunlearn.score import random_score
-    from distunlearn.session import get_session
+    from distunlearn.commands.config import JobConfig
+    from distunlearn.commands.session import get_session
+    from distunlearn.core.budgets import resolve_budgets
+    from distunlearn.transforms.score import random_score
 
     parser = reference.contender_args(__doc__)
     parser.add_argument("--driver-memory", default=JobConfig.driver_memory)

@@ -150,8 +150,17 @@ def _job_stats(output: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def job_sets(output: Path, run_id: str = "bench") -> Path:
+    """The job's removal sets as one Parquet file, read through its own reader (bench/sets.py)."""
+    dest = output.parent / f"{output.name}-sets.parquet"
+    subprocess.run([sys.executable, str(HERE / "sets.py"), str(output), run_id, str(dest)], check=True,
+                   capture_output=True, cwd=REPO)
+    return dest
+
+
 def _largest_sets(path: Path, delta: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method, (ids, scores) in rank order of the largest budget's removal set."""
+    """Per method, (ids, scores) in rank order of the largest budget's removal set (``path``:
+    a Delta table, or a Parquet file or folder)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -179,7 +188,7 @@ def agreement(a: Path, b: Path, c: Path) -> dict[str, object]:
         for key in ("forget_mean", "retain_mean", "forget_m2", "retain_m2"):
             ref, got = stats["a"][key], stats[other][key]
             result[f"stats_{other}_{key}"] = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
-    sets = {"a": _largest_sets(a / "removal_sets", True), "b": _largest_sets(b / "removal_sets.parquet", False),
+    sets = {"a": _largest_sets(job_sets(a), False), "b": _largest_sets(b / "removal_sets.parquet", False),
             "c": _largest_sets(c / "removal_sets", True)}
     ok = True
     for other in ("b", "c"):
@@ -278,7 +287,7 @@ def large_dims(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 entry[kind] = {"error": str(failed).splitlines()[0][:300], "log": str(work / f"{name}.log")}
                 print(f"  d={dim} {kind}: FAILED, see {work / f'{name}.log'}", flush=True)
                 continue
-            sets[kind] = _all_sets(work / name / "removal_sets")
+            sets[kind] = _all_sets(job_sets(work / name))
             diag = DeltaTable(str(work / name / "diagnostics")).to_pyarrow_table().to_pylist()
             entry[kind] = {"wall": m.wall, "timings": m.timings, "peak_mb": m.peak_mb,
                            "alpha": {f"{r['method']}@{r['budget']}": r["alpha"] for r in diag if r["method"] != "none"}}
@@ -293,9 +302,9 @@ def large_dims(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 
 def _all_sets(path: Path) -> dict[str, np.ndarray]:
-    from deltalake import DeltaTable
+    import pandas as pd
 
-    t = DeltaTable(str(path)).to_pyarrow_table(columns=["method", "budget", "id"]).to_pandas()
+    t = pd.read_parquet(path, columns=["method", "budget", "id"])
     return {f"{m}@{b}": g["id"].to_numpy() for (m, b), g in t.groupby(["method", "budget"])}
 
 
@@ -345,12 +354,13 @@ def render(args: argparse.Namespace, results: dict[str, object], kept: str) -> s
         lines += [f"## (a) vs (b) vs (c): {args.rows:,} forget + {args.retain_rows:,} retain rows x {args.dim} float32",
                   "",
                   "Same Delta/Parquet files; the job's default methods (lr_gauss, maha_mu2, mu2, random) and budgets "
-                  "(0.05 to 1.0 in steps of 0.05: every forget row is ranked, 10.5 x n rows are written per method).",
+                  "(0.05 to 1.0 in steps of 0.05: every forget row is ranked; the job writes n ranking rows per "
+                  "method, the single process one Parquet row per set and id, 10.5 x n per method).",
                   "",
                   "| | statistics (both tables) | score + select + write | whole process (wall) | peak memory |",
                   "|---|---:|---:|---:|---|",
                   f"| (a) this job | {_fmt(a['statistics'], ' s')} | "
-                  f"{_fmt(a['score_select'] + a['write_removal_sets'], ' s')} (+ diagnostics "
+                  f"{_fmt(a['score_select'] + a['write_ranking'], ' s')} (+ diagnostics "
                   f"{_fmt(a['diagnostics'], ' s')}) | {_fmt(a['wall'], ' s')} | {_mem(pk['a'])} |",
                   f"| (b) one process, numpy | {_fmt(b['statistics'], ' s')} | "
                   f"{_fmt(b['score_select'] + b['write_removal_sets'], ' s')} (+ diagnostics "
@@ -392,11 +402,11 @@ def render(args: argparse.Namespace, results: dict[str, object], kept: str) -> s
         s, bg = sc["median"]["small"], sc["median"]["big"]
         lines += [f"## Scaling: {args.rows:,} -> {args.scale_rows:,} forget rows "
                   f"(retain {args.retain_rows:,}), (a) only",
-                  "", "| forget rows | wall | statistics | score + select | write removal_sets | diagnostics | "
+                  "", "| forget rows | wall | statistics | score + select | write ranking | diagnostics | "
                   "peak memory |", "|---:|---:|---:|---:|---:|---:|---|"]
         for name, med in (("small", s), ("big", bg)):
             lines.append(f"| {sc['rows'][name]:,} | {med['wall']:.1f} s | {med['statistics']:.1f} s | "
-                         f"{med['score_select']:.1f} s | {med['write_removal_sets']:.1f} s | {med['diagnostics']:.1f} s"
+                         f"{med['score_select']:.1f} s | {med['write_ranking']:.1f} s | {med['diagnostics']:.1f} s"
                          f" | {_mem(sc['peak_mb'][name])} |")
         lines += ["", f"Time ratio {bg['wall'] / s['wall']:.2f} for {args.scale_rows / args.rows:.0f}x "
                   "the forget rows.", ""]
@@ -436,7 +446,7 @@ def _kept_section(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distunlearn.config import JobConfig
+    from distunlearn.commands.config import JobConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

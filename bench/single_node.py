@@ -54,9 +54,9 @@ def read_stats(path: str) -> reference.Moments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distunlearn.budgets import resolve_budgets
-    from distunlearn.diagnostics import diagnose
-    from distunlearn.stats import GaussianStats
+    from distunlearn.core.budgets import resolve_budgets
+    from distunlearn.core.diagnostics import diagnose
+    from distunlearn.core.stats import GaussianStats
 
     args = reference.contender_args(__doc__).parse_args(argv)
     out = Path(args.out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from distunlearn.cli import main as cli_main
+from distunlearn.commands.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:

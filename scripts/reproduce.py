@@ -177,7 +177,7 @@ def save_figure(fig: Any, legend_ax: Any, figdir: Path, name: str, alt: str, sec
 
 def job_config(**kw: Any) -> Any:
     """A JobConfig for one run, with the reproduction's Spark settings."""
-    from distunlearn.config import JobConfig
+    from distunlearn.commands.config import JobConfig
 
     base = JobConfig(master="local[2]", shuffle_partitions=4, spark_conf={"spark.ui.enabled": "false"},
                      seed=SEED % 100_000, log_level="WARNING")
@@ -210,8 +210,8 @@ def section_gaussian(spark: Any, work: Path, sizes: Sizes, figdir: Path) -> Sect
     """Four synthetic settings; every number comes from the job's diagnostics table."""
     import matplotlib.pyplot as plt
 
-    from distunlearn.evaluate import budget_to_halve
-    from distunlearn.pipeline import run_pipeline
+    from distunlearn.commands.run import run_pipeline
+    from distunlearn.core.evaluation import budget_to_halve
 
     sec = Section("gaussian", "1. Synthetic Gaussians")
     root = work / "gaussian"
@@ -338,8 +338,8 @@ def evaluate_section(spark: Any, sec: Section, forget: str, retain: str, output:
     (``options``: further job settings, e.g. the text column)."""
     import matplotlib.pyplot as plt
 
-    from distunlearn.evaluate import EvalOptions, run_evaluation
-    from distunlearn.pipeline import run_pipeline
+    from distunlearn.commands.evaluate import run_evaluation
+    from distunlearn.commands.run import run_pipeline
 
     cfg = job_config(forget=forget, retain=retain, output=output, run_id=run_id, methods=methods,
                      budgets=sizes.real_budgets, label_col=label_col, **options)
@@ -349,7 +349,7 @@ def evaluate_section(spark: Any, sec: Section, forget: str, retain: str, output:
     t1 = time.monotonic()
     log.info("%s: job done in %.0f s; evaluating (%d fits)", run_id, t1 - t0,
              1 + len(methods) * len(sizes.real_budgets))
-    opts = EvalOptions.from_config(cfg)
+    opts = cfg.evaluation()
     report = run_evaluation(spark, cfg, opts)
     t2 = time.monotonic()
     log.info("%s: evaluation done in %.0f s", run_id, t2 - t1)
@@ -538,8 +538,8 @@ def section_groups(spark: Any, work: Path, sizes: Sizes, figdir: Path) -> Sectio
     from sklearn.datasets import load_digits
     from sklearn.decomposition import PCA
 
-    from distunlearn.evaluate import EvalOptions, run_evaluation
-    from distunlearn.pipeline import run_pipeline
+    from distunlearn.commands.evaluate import run_evaluation
+    from distunlearn.commands.run import run_pipeline
 
     sec = Section("groups", "4. Groups: digits with a mirrored minority group (forget class 8)")
     t0 = time.monotonic()
@@ -589,7 +589,7 @@ def section_groups(spark: Any, work: Path, sizes: Sizes, figdir: Path) -> Sectio
                          budgets=GROUP_BUDGETS, label_col="label", group_col=("style",), reweight=True, **options)
         t1 = time.monotonic()
         run_pipeline(spark, cfg)
-        run_evaluation(spark, cfg, EvalOptions.from_config(cfg))
+        run_evaluation(spark, cfg, cfg.evaluation())
         log.info("groups %s: job and evaluation in %.0f s", name, time.monotonic() - t1)
         gd = read_run(spark, output, "group_diagnostics", run_id)
         eg = read_run(spark, output, "evaluation_groups", run_id)
@@ -661,7 +661,8 @@ def write_results(path: Path, sections: list[Section], sizes: Sizes, argv: list[
         "Paper: Allouah et al., \"Distributional Machine Unlearning via Selective Data Removal\" "
         "(arXiv 2507.15112); see `../shared/PAPER.md` for the summary this project works from.",
         "Every number below was produced by the job itself (`run_pipeline` writing the Delta tables "
-        "`statistics`, `removal_sets`, `diagnostics`, then `run_evaluation` writing `evaluation` and "
+        "`statistics`, `removal_ranking`, `removal_budgets`, `diagnostics`, then `run_evaluation` writing "
+        "`evaluation` and "
         "`evaluation_summary`) on seeded data, and read back from those Delta tables.",
         "",
         "## How to regenerate",
@@ -835,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from distunlearn.session import get_session
+    from distunlearn.commands.session import get_session
 
     sizes = QUICK if args.quick else FULL
     started = dt.datetime.now(dt.timezone.utc)

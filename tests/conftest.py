@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distunlearn.config import JobConfig
+from distunlearn.commands.config import JobConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # localcluster: dev tooling
 
 ARROW_BATCH = 7
 SHUFFLE_PARTITIONS = 4
@@ -21,7 +24,7 @@ SHUFFLE_PARTITIONS = 4
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from distunlearn.session import get_session
+    from distunlearn.commands.session import get_session
 
     warehouse = str(tmp_path_factory.mktemp("warehouse"))
     cfg = JobConfig(shuffle_partitions=SHUFFLE_PARTITIONS, arrow_batch_size=ARROW_BATCH, driver_memory="2g",
@@ -80,3 +83,19 @@ def read_delta(path: str | Path) -> pd.DataFrame:
     from deltalake import DeltaTable
 
     return DeltaTable(str(path)).to_pandas()
+
+
+def read_sets(output: str | Path) -> pd.DataFrame:
+    """Every recorded removal set under ``output``, one row per (run_id, method, budget, id):
+    the output contract's rule applied with pandas to the tables read with delta-rs: a set is
+    the removal_ranking rows with group_rank <= the group's quota in removal_budgets (null
+    groups match null groups).  Columns: run_id, method, budget, budget_count, k, rank, id,
+    score, group, group_rank."""
+    ranking, budgets = read_delta(Path(output) / "removal_ranking"), read_delta(Path(output) / "removal_budgets")
+    budgets = budgets.assign(_g=budgets["group"].fillna("\0"))
+    ranking = ranking.assign(_g=ranking["group"].fillna("\0"))
+    joined = ranking.merge(budgets[["run_id", "method", "_g", "budget", "budget_count", "k", "quota"]],
+                           on=["run_id", "method", "_g"])
+    sets = joined[joined.group_rank <= joined.quota].drop(columns=["_g", "quota"])
+    columns = ["run_id", "method", "budget", "budget_count", "k", "rank", "id", "score", "group", "group_rank"]
+    return sets[columns].reset_index(drop=True)

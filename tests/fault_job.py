@@ -6,8 +6,9 @@ fault injected.  Not a test module (pytest collects test_*.py only).
         UDF wrapped so that the first Python worker to resume after yielding a batch SIGKILLs
         itself (once: MARKER is created with O_EXCL first, so the retried task goes on)
     python tests/fault_job.py driver-kill FORGET RETAIN OUTPUT RUN_ID
-        run the pipeline with pipeline.write_diagnostics replaced by a SIGKILL of this driver
-        (removal_sets written, diagnostics, calibration and the final runs row not)
+        run the pipeline with Store.write_diagnostics replaced by a SIGKILL of this driver
+        (removal_ranking and removal_budgets written, diagnostics, calibration and the final
+        runs row not)
     python tests/fault_job.py plain FORGET RETAIN OUTPUT RUN_ID
         run the pipeline to completion
 
@@ -23,9 +24,11 @@ import os
 import signal
 import sys
 
-from distunlearn import pipeline, score
-from distunlearn.config import JobConfig
-from distunlearn.session import get_session
+from distunlearn.commands import run as pipeline
+from distunlearn.commands.config import JobConfig
+from distunlearn.commands.session import get_session
+from distunlearn.store.output import Store
+from distunlearn.transforms import score
 
 METHODS = ("lr_gauss", "maha_mu2", "mu2")
 BUDGETS = (0.1, 0.5)
@@ -45,8 +48,8 @@ def kill_worker_once(marker: str) -> None:
     that first creates ``marker`` kills itself with SIGKILL; every other batch passes."""
     original = score._scorer
 
-    def scorer(broadcast, methods):  # nested: shipped to the workers by value
-        inner = original(broadcast, methods)
+    def scorer(model, methods):  # nested: shipped to the workers by value
+        inner = original(model, methods)
 
         def partition(batches):
             for rb in inner(batches):
@@ -88,7 +91,7 @@ def main(argv: list[str]) -> int:
     spark = get_session(cfg)
     try:
         if mode == "driver-kill":
-            pipeline.write_diagnostics = kill_driver
+            Store.write_diagnostics = kill_driver  # type: ignore[method-assign]
         elif mode != "plain":
             raise SystemExit(f"unknown mode {mode!r}")
         pipeline.run_pipeline(spark, cfg)

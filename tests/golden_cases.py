@@ -1,8 +1,8 @@
 """The cases whose outputs were stored from the job before the one-engine redesign (issue 16).
 
 ``tests/golden/<case>/<table>.parquet`` hold what the code of commit fdb7d07 (the last one
-with the ``removal_sets`` contract) wrote for each case below; ``scripts/make_golden.py``
-wrote them, and ``tests/test_golden.py`` runs the same cases through today's code and
+with the ``removal_sets`` contract) wrote for each case below (``tests/golden/README.md`` says
+how), and ``tests/test_golden.py`` runs the same cases through today's code and
 compares every number: ranks, ids, scores, k, statistics, diagnostics, calibration, group
 diagnostics and weights.
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from distunlearn.aggregate import compute_stats
-from distunlearn.prepare import normalize
+from distunlearn.transforms.prepare import normalize
+from distunlearn.transforms.statistics import domain_stats as compute_stats
 
 OFFSET = 1e6
 

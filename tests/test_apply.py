@@ -13,12 +13,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import gaussian_tables, make_config, read_delta
-from distunlearn import apply
-from distunlearn.cli import main
-from distunlearn.config import JobConfig
+from conftest import gaussian_tables, make_config, read_delta, read_sets
+from distunlearn.commands import cleaning as apply
+from distunlearn.commands.cli import main
+from distunlearn.commands.config import JobConfig
+from distunlearn.commands.run import run_pipeline
 from distunlearn.errors import ConfigError, InputError
-from distunlearn.pipeline import run_pipeline
 
 N_FORGET, N_RETAIN = 120, 300
 
@@ -30,7 +30,7 @@ def run(spark, tmp_path_factory):
     f, r, *_ = gaussian_tables(spark, root, n_forget=N_FORGET, n_retain=N_RETAIN, dim=4)
     cfg = make_config(root, f, r, methods=("lr_gauss", "random"), budgets=(0.1, 0.25), run_id="night1")
     run_pipeline(spark, cfg)
-    return cfg, read_delta(Path(cfg.output) / "removal_sets")
+    return cfg, read_sets(Path(cfg.output))
 
 
 def corpus(path: Path) -> str:
@@ -198,8 +198,8 @@ def test_catalog_table_with_int_ids(spark, run, tmp_path):
 def test_bad_requests_are_one_line_errors_and_change_nothing(spark, run, tmp_path):
     cfg, _ = run
     src = corpus(tmp_path / "corpus")
-    with pytest.raises(InputError, match=r"no removal set for method 'lr_gauss' and budget 0.3; it has: "
-                                         r"lr_gauss 0.1, lr_gauss 0.25, random 0.1"):
+    with pytest.raises(InputError, match=r"run 'night1' recorded no budget 0.3 for method 'lr_gauss'; it recorded "
+                                         r"0.1 \(k=12\), 0.25 \(k=30\)"):
         apply.apply_removal(spark, cleaning(cfg, src, budget=0.3))
     with pytest.raises(InputError, match="not a succeeded run"):
         apply.apply_removal(spark, cleaning(dataclasses.replace(cfg, run_id="nope"), src))

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import ARROW_BATCH, frame, gaussian_tables, make_config, read_delta, write_table
-from distunlearn.config import JobConfig
+from conftest import ARROW_BATCH, frame, gaussian_tables, make_config, read_delta, read_sets, write_table
+from distunlearn.commands.config import JobConfig
+from distunlearn.commands.run import run_pipeline
 from distunlearn.errors import ConfigError, DistUnlearnError, InputError
-from distunlearn.pipeline import run_pipeline
 
 SCHEMA = "id long, features array<double>"
 FAST = {"methods": ("mu2", "random"), "budgets": (0.5,)}  # enough for the runs that succeed
@@ -123,7 +123,7 @@ def test_duplicate_retain_id_accepted_without_the_check(spark, good, tmp_path, r
     cfg = config(tmp_path, good.forget, retain_with_duplicate, check_retain_ids=False)
     report = run_pipeline(spark, cfg)
     assert report.n_retain == 30 and report.n_forget == 10
-    assert len(read_delta(f"{cfg.output}/removal_sets")) == 2 * 5
+    assert len(read_sets(cfg.output)) == 2 * 5
 
 
 # --------------------------------------------------------------------------- 4. types
@@ -216,7 +216,7 @@ def test_nonfinite_rows_dropped(spark, good, tmp_path, forget_with_nonfinite):
                  methods=("mu2", "lr_gauss", "random"), budgets=(0.5, 1.0))
     report = run_pipeline(spark, cfg)
     assert report.n_forget == 8
-    sets = read_delta(f"{cfg.output}/removal_sets")
+    sets = read_sets(cfg.output)
     assert not set(sets["id"]) & set(BAD_IDS)
     for (method, budget), group in sets.groupby(["method", "budget"]):
         k = {0.5: 4, 1.0: 8}[budget]  # k = floor(budget * n1) with n1 = 8 valid rows
@@ -286,7 +286,7 @@ def _snapshot(output: str) -> dict[str, tuple[int, int]]:
     from deltalake import DeltaTable
 
     return {name: (DeltaTable(f"{output}/{name}").version(), len(read_delta(f"{output}/{name}")))
-            for name in ("removal_sets", "statistics", "runs")}
+            for name in ("removal_ranking", "removal_budgets", "statistics", "runs")}
 
 
 @pytest.fixture(scope="module")
@@ -304,13 +304,13 @@ def id_type_clash(spark, good, tmp_path_factory):
     return first.output, info.value, before, _snapshot(first.output)
 
 
-def test_id_type_clash_names_the_column_and_keeps_removal_sets(id_type_clash):
+def test_id_type_clash_names_the_column_and_keeps_the_ranking(id_type_clash):
     output, exc, before, after = id_type_clash
     assert type(exc) is InputError
     msg = one_line(exc)
-    assert "column 'id'" in msg and "string" in msg and "bigint" in msg and "removal_sets" in msg
-    assert after["removal_sets"] == before["removal_sets"] and after["runs"] == before["runs"]
-    assert set(read_delta(f"{output}/removal_sets")["run_id"]) == {"s1"}
+    assert "column 'id'" in msg and "string" in msg and "bigint" in msg and "removal_ranking" in msg
+    assert after["removal_ranking"] == before["removal_ranking"] and after["runs"] == before["runs"]
+    assert set(read_sets(output)["run_id"]) == {"s1"}
     assert set(read_delta(f"{output}/runs")["run_id"]) == {"s1"}
 
 

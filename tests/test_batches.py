@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from distunlearn.batches import InputCounts, check_dims, list_to_matrix
+from distunlearn.core.batches import InputCounts, check_dims, list_to_matrix
 from distunlearn.errors import InputError
 
 LIST_TYPES = {

@@ -42,7 +42,7 @@ def test_numpy_xxhash64_port_matches_spark(spark):
     sys.path.insert(0, str(REPO / "bench"))
     import reference
 
-    from distunlearn.score import random_score
+    from distunlearn.transforms.score import random_score
 
     ids = [0, 1, -1, 7, 2**31, 2**40 + 3, -(2**62), 10**12 + 5]
     df = spark.createDataFrame([(i,) for i in ids], "id long").select("id", random_score(11).alias("r"))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from distunlearn.budgets import DEFAULT_BUDGETS, Budget, exact_k, resolve_budgets
+from distunlearn.core.budgets import DEFAULT_BUDGETS, Budget, exact_k, resolve_budgets
 from distunlearn.errors import ConfigError
 
 

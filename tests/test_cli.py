@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_delta
-from distunlearn.config import JobConfig
-from distunlearn.session import DELTA_PACKAGE
+from conftest import read_delta, read_sets
+from distunlearn.commands.config import JobConfig
+from distunlearn.commands.session import DELTA_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "distunlearn"]
@@ -64,7 +64,7 @@ def test_demo_runs_both_pairs_and_writes_the_tables(demo):
     assert "low separability" in res.stdout and "alpha = KL(p1||p)" in res.stdout and "high separability" in res.stdout
     runs = read_delta(out / "runs")
     assert sorted(runs.run_id) == ["demo-high", "demo-low"] and set(runs.status) == {"succeeded"}
-    sets = read_delta(out / "removal_sets")
+    sets = read_sets(out)
     per_run = sets.groupby(["run_id", "method", "budget"]).size()
     assert set(per_run[per_run.index.get_level_values("budget") == 0.1]) == {40}
     assert set(per_run[per_run.index.get_level_values("budget") == 0.5]) == {200}
@@ -112,8 +112,8 @@ def test_local_delta_jars_run_offline(demo, tmp_path):
                           "--budgets", "0.1", "--delta-jars", local, "--spark-conf", "spark.ui.enabled=false"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
-    got = read_delta(tmp_path / "o/removal_sets")
-    want = read_delta(out / "removal_sets")
+    got = read_sets(tmp_path / "o")
+    want = read_sets(out)
     want = want[(want.run_id == "demo-high") & (want.budget == 0.1)]
     assert sorted(zip(got.method, got.id, strict=True)) == sorted(zip(want.method, want.id, strict=True))
 

@@ -1,6 +1,6 @@
 """Cluster mode: a real Spark standalone cluster on 127.0.0.1 (the installed pyspark's own
 ``spark-class ...deploy.master.Master`` and two ``...deploy.worker.Worker`` JVMs with one
-core each, started by ``distunlearn.localcluster`` on free ports), the executors running the
+core each, started by ``scripts/localcluster.py`` on free ports), the executors running the
 packed virtualenv shipped with ``--archives`` (see that module for why not ``--py-files``).
 
 - ``test_spark_submit_on_the_cluster_matches_local``: the whole pipeline submitted with
@@ -32,18 +32,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import localcluster  # scripts/localcluster.py (dev tooling, not in the wheel)
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import ARROW_BATCH, SHUFFLE_PARTITIONS, gaussian_tables, read_delta, subprocess_env
-from distunlearn import localcluster
-from distunlearn.config import JobConfig
-from distunlearn.session import DELTA_PACKAGE
+from distunlearn.commands.config import JobConfig
+from distunlearn.commands.session import DELTA_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per submitted job; each takes about 1 min here
-TABLES = ("removal_sets", "statistics", "diagnostics", "calibration", "runs")
+TABLES = ("statistics", "removal_ranking", "removal_budgets", "diagnostics", "calibration", "runs")
 VOLATILE = {"created_at", "started_at", "finished_at", "timings", "config", "config_sha256"}
 # Where and how a run executed, not what it computed: left out of the config comparison.
 PLACEMENT = {"master", "output", "python_archive", "driver_memory", "spark_conf", "log_level"}
@@ -62,7 +62,7 @@ def inputs(spark, tmp_path_factory) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def reference(spark, inputs, tmp_path_factory) -> Path:
     """The same config run in this process, on the tests' local[2] session."""
-    from distunlearn.pipeline import run_pipeline
+    from distunlearn.commands.run import run_pipeline
 
     out = tmp_path_factory.mktemp("cluster_reference") / "out"
     run_pipeline(spark, JobConfig(forget=inputs[0], retain=inputs[1], output=str(out), **RUN).check())
@@ -236,6 +236,6 @@ def test_missing_python_archive_is_one_line_exit_2_and_nothing_written(tmp_path)
 
 
 def test_down_without_a_cluster_says_so(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "distunlearn.localcluster", "down", "--state-dir", str(tmp_path)],
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "localcluster.py"), "down", "--state-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60, env=driver_env())
     assert res.returncode == 0 and res.stdout.strip() == f"no cluster running from {tmp_path}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distunlearn.config import JobConfig, load_yaml
+from distunlearn.commands.config import JobConfig, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

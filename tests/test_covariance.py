@@ -11,12 +11,12 @@ from sklearn.covariance import ledoit_wolf
 from sklearn.covariance import ledoit_wolf_shrinkage as sk_shrinkage
 from sklearn.decomposition import PCA
 
-from distunlearn.config import JobConfig, add_arguments, from_args
-from distunlearn.covariance import estimate_covariance, ledoit_wolf_shrinkage, pooled
+from distunlearn.commands.config import JobConfig, add_arguments, from_args
+from distunlearn.core.covariance import estimate_covariance, ledoit_wolf_shrinkage, pooled
+from distunlearn.core.stats import GaussianStats
 from distunlearn.errors import ConfigError, InputError
-from distunlearn.stats import GaussianStats
 
-LOGGER = "distunlearn.covariance"
+LOGGER = "distunlearn.core.covariance"
 
 
 def correlated(rng: np.random.Generator, n: int, d: int, loc: float = 0.0) -> np.ndarray:

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import gaussian_tables, make_config, read_delta
-from distunlearn.diagnostics import alpha_max, frontier_eps, gaussian_kl, kept_by_budget
-from distunlearn.pipeline import run_pipeline
-from distunlearn.stats import GaussianStats
+from conftest import gaussian_tables, make_config, read_delta, read_sets
+from distunlearn.commands.run import run_pipeline
+from distunlearn.core.diagnostics import alpha_max, frontier_eps, gaussian_kl, kept_by_budget
+from distunlearn.core.stats import GaussianStats
 
 
 def kl_reference(x0: np.ndarray, x1: np.ndarray) -> float:
@@ -76,7 +76,7 @@ def diagnosed(spark, tmp_path_factory):
 
 def test_diagnostics_table_matches_numpy_on_the_edited_data(diagnosed):
     cfg, _, xf, xr = diagnosed
-    sets = read_delta(f"{cfg.output}/removal_sets")
+    sets = read_sets(cfg.output)
     diag = read_delta(f"{cfg.output}/diagnostics")
     kappa = kl_reference(xf, xr)
     everything = np.vstack([xf, xr])

@@ -17,21 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import frame, make_config, read_delta, write_table
-from distunlearn.config import JobConfig
+from conftest import frame, make_config, read_delta, read_sets, write_table
+from distunlearn.commands.config import JobConfig
+from distunlearn.commands.evaluate import prepare_evaluation, run_evaluation
+from distunlearn.commands.run import run_pipeline
+from distunlearn.core.evaluation import budget_to_halve, group_gap
 from distunlearn.errors import ConfigError, InputError
-from distunlearn.evaluate import (
-    EVALUATION_GROUPS,
-    WEIGHT,
-    EvalOptions,
-    budget_to_halve,
-    fit_model,
-    group_gap,
-    prepare_evaluation,
-    run_evaluation,
-    weight_column,
-)
-from distunlearn.pipeline import run_pipeline
+from distunlearn.options import Evaluation as EvalOptions
+from distunlearn.transforms.evaluation import WEIGHT, weight_column
+from distunlearn.transforms.fitting import fit_model
+
+EVALUATION_GROUPS = "evaluation_groups"
 
 BUDGETS = (0.25, 0.5, 1.0)
 
@@ -69,7 +65,7 @@ def test_budget_to_halve(budgets, values, baseline, expected):
 def test_budget_to_halve_rejects_length_mismatch_and_needs_no_spark():
     with pytest.raises(ValueError, match="length"):
         budget_to_halve([0.5, 1.0], [0.1], 1.0)
-    code = ("import sys; from distunlearn.evaluate import budget_to_halve; "
+    code = ("import sys; from distunlearn.core.evaluation import budget_to_halve; "
             "assert budget_to_halve([1.0], [0.0], 1.0) == 0.5; "
             "assert not any(m.startswith('pyspark') for m in sys.modules), 'pyspark imported'")
     lib = str(Path(__file__).resolve().parents[1] / "lib")
@@ -112,7 +108,7 @@ def reference_split(spark, cfg, opts, n_forget, n_retain):
 
 
 def removal_set(cfg, method: str, budget: float) -> set[int]:
-    sets = read_delta(f"{cfg.output}/removal_sets")
+    sets = read_sets(cfg.output)
     return set(sets[(sets.run_id == cfg.run_id) & (sets.method == method) & (sets.budget == budget)]["id"])
 
 
@@ -296,7 +292,7 @@ def small_run(spark, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("change", "opts", "error", "message"), [
-    ({"run_id": "nope"}, {}, InputError, "no removal sets for run 'nope'"),
+    ({"run_id": "nope"}, {}, InputError, "run 'nope' under .* is not a succeeded run"),
     ({}, {"label_col": "digit"}, InputError, "no label column 'digit'"),
     ({}, {"holdout_fraction": 0.0}, ConfigError, "holdout_fraction"),
     ({}, {"holdout_fraction": 1.0}, ConfigError, "holdout_fraction"),
@@ -337,9 +333,9 @@ def test_group_gap_on_hand_computed_rows():
 
 
 def test_options_read_groups_from_the_config_and_reweight_needs_them():
-    opts = EvalOptions.from_config(JobConfig(group_col=("lang", "src"), reweight=True))
+    opts = JobConfig(group_col=("lang", "src"), reweight=True).evaluation()
     assert (opts.group_cols, opts.reweight) == (("lang", "src"), True)
-    assert EvalOptions.from_config(JobConfig()).group_cols == ()
+    assert JobConfig().evaluation().group_cols == ()
     with pytest.raises(ConfigError, match="reweight needs --group-col"):
         EvalOptions(reweight=True).check()
 
@@ -348,8 +344,6 @@ def test_options_read_groups_from_the_config_and_reweight_needs_them():
 N_FORGET, RETAIN0 = 100, 1000
 F_LANG = ["a"] * 60 + ["b"] * 20 + ["c"] * 20   # forget ids 0..99; group c has no retain row
 R_LANG = ["a"] * 20 + ["b"] * 40                # retain ids 1000..1059
-SETS_SCHEMA = ("run_id string, method string, budget double, budget_count long, k long, rank long, id long, "
-               "score double, group string")
 HOLDOUT = 0.25
 
 
@@ -373,11 +367,31 @@ def group_tables(spark, tmp_path_factory):
 
 
 def write_sets(spark, output: str, run_id: str, sets: dict[tuple[str, float], list[int]]) -> None:
-    """Append a run's removal sets (one row per id, rank = position in the list) with the extra
-    nullable group column of group runs."""
-    rows = [(run_id, m, b, None, len(ids), rank, i, -float(rank), F_LANG[i] if 0 <= i < N_FORGET else None)
-            for (m, b), ids in sets.items() for rank, i in enumerate(ids, 1)]
-    spark.createDataFrame(rows, SETS_SCHEMA).write.format("delta").mode("append").save(f"{output}/removal_sets")
+    """Record a succeeded run whose removal sets are the given id lists, under the output
+    contract: any family of sets (nested or not) is a ranking whose rows are grouped by which
+    sets hold them, each set being the union of its groups (quota = the group's size)."""
+    from distunlearn.store.output import RunRecord, Store
+
+    ranking, budgets = [], []
+    for method in dict.fromkeys(m for m, _ in sets):
+        mine = {b: set(ids) for (m, b), ids in sets.items() if m == method}
+        ids = sorted(set().union(*mine.values()))
+        signature = {i: ",".join(f"{b:g}" for b in sorted(mine) if i in mine[b]) for i in ids}
+        seen: dict[str, int] = {}
+        for rank, i in enumerate(ids, 1):
+            seen[signature[i]] = seen.get(signature[i], 0) + 1
+            ranking.append((method, i, -float(rank), rank, signature[i], seen[signature[i]]))
+        for b, members in mine.items():
+            for g, size in seen.items():
+                quota = size if f"{b:g}" in g.split(",") else 0
+                budgets.append({"method": method, "budget": b, "budget_count": None, "k": len(members), "group": g,
+                                "quota": quota, "threshold": None})
+    store = Store(spark, output)
+    frame_ = spark.createDataFrame(ranking, "method string, id long, score double, rank long, group string, "
+                                            "group_rank long")
+    rv = store.write_ranking(run_id, frame_)
+    bv = store.write_budgets(run_id, budgets, rv)
+    store.write_ledger(run_id, "succeeded", RunRecord(), outputs={"removal_ranking": rv, "removal_budgets": bv})
 
 
 def training(ids, held: set[int]) -> list[int]:

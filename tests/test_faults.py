@@ -6,22 +6,24 @@ sets are compared with a numpy top-k computed from the raw input arrays.
 - ``test_python_worker_killed_while_scoring_gives_the_undisturbed_outputs``: a Python worker
   SIGKILLs itself in the middle of the scoring UDF (after it has handed at least one scored
   batch to Spark), once.  Spark retries the task (master local[2,4]) and the run succeeds
-  with removal_sets, statistics and diagnostics equal to an undisturbed run's: the rows the
+  with removal sets, statistics and diagnostics equal to an undisturbed run's: the rows the
   dead worker had already produced are neither lost nor counted twice.
 - ``test_driver_killed_between_writes_then_rerun_leaves_consistent_tables``: the driver is
-  SIGKILLed after removal_sets has been written and before diagnostics, calibration and the
-  final runs row.  The killed run is not marked "succeeded"; rerunning the same run id
-  completes it without duplicate rows, with exactly k rows per (method, budget) equal to the
-  numpy top-k, and a "succeeded" runs row.  And at every version of the removal_sets table
-  (what any reader could have seen at any time) every (run_id, method, budget) present has
-  exactly k rows: no reader ever sees a half-written budget.
+  SIGKILLed after removal_ranking and removal_budgets have been written and before
+  diagnostics, calibration and the final runs row.  The killed run is not marked
+  "succeeded"; rerunning the same run id completes it without duplicate rows, with exactly k
+  rows per (method, budget) equal to the numpy top-k, and a "succeeded" runs row.  And at
+  every version of removal_budgets (what any reader could have opened at any time), every set
+  it records, read from removal_ranking as of the version the row names, has exactly k rows,
+  and every version of removal_ranking holds each (run, method, id) once: no reader ever sees
+  a half-written budget or a mix of two writes.
 - ``test_two_runs_writing_the_same_new_output_at_once``: two ``distunlearn run`` processes
   with different run ids start together on an output folder that does not exist yet (the
   first creation of every table is the race).  Per the spec either both succeed, or one
   fails with a one-line "distunlearn: error: ... conflict ..." message and the other succeeds;
   in both cases no row is lost or mixed up: every succeeded run has exactly its k rows per
   (method, budget) under its own run id, equal to the other run's and to the numpy top-k,
-  and a failed run is not marked "succeeded" (or left no removal_sets rows).
+  and a failed run is not marked "succeeded" (or left no removal sets).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import read_delta, subprocess_env
+from conftest import read_delta, read_sets, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = [sys.executable, str(ROOT / "tests" / "fault_job.py")]
@@ -120,14 +122,30 @@ def assert_complete_budgets(sets: pd.DataFrame, version: object) -> None:
     assert not sets.duplicated(["run_id", "method", "budget", "id"]).any(), version
 
 
-def assert_every_version_complete(path: Path) -> int:
-    """:func:`assert_complete_budgets` at every version of the Delta table at ``path`` (each
-    snapshot a reader could have opened); returns the latest version."""
+def assert_every_version_complete(output: Path) -> int:
+    """At every version of removal_budgets (each snapshot a reader could have opened), every
+    recorded set read from removal_ranking as of the version its row names is complete
+    (:func:`assert_complete_budgets`); every version of removal_ranking holds each (run_id,
+    method, id) once with ranks 1..n.  Returns the latest removal_budgets version."""
     from deltalake import DeltaTable
 
-    latest = DeltaTable(str(path)).version()
+    budgets_path, ranking_path = output / "removal_budgets", output / "removal_ranking"
+    for version in range(DeltaTable(str(ranking_path)).version() + 1):
+        ranking = DeltaTable(str(ranking_path), version=version).to_pandas()
+        assert not ranking.duplicated(["run_id", "method", "id"]).any(), version
+        for key, part in ranking.groupby(["run_id", "method"]):
+            assert sorted(part["rank"]) == list(range(1, len(part) + 1)), (version, key)
+    latest = DeltaTable(str(budgets_path)).version()
     for version in range(latest + 1):
-        assert_complete_budgets(DeltaTable(str(path), version=version).to_pandas(), version)
+        budgets = DeltaTable(str(budgets_path), version=version).to_pandas()
+        sets = []
+        for ranking_version, rows in budgets.groupby("ranking_version"):
+            ranking = DeltaTable(str(ranking_path), version=int(ranking_version)).to_pandas()
+            for b in rows.itertuples():
+                mine = ranking[(ranking.run_id == b.run_id) & (ranking.method == b.method)
+                               & (ranking.group_rank <= b.quota)]
+                sets.append(mine.assign(budget=b.budget))
+        assert_complete_budgets(pd.concat(sets) if sets else pd.DataFrame(columns=[*SET_KEY, "id"]), version)
     return latest
 
 
@@ -187,8 +205,8 @@ def test_python_worker_killed_while_scoring_gives_the_undisturbed_outputs(inputs
     assert "Python worker exited unexpectedly" in log.read_text(errors="replace"), tail(log)
     a, b = out / "a", out / "b"
 
-    sets_a = read_delta(a / "removal_sets").sort_values(SET_ORDER).reset_index(drop=True)
-    sets_b = read_delta(b / "removal_sets").sort_values(SET_ORDER).reset_index(drop=True)
+    sets_a = read_sets(a).sort_values(SET_ORDER).reset_index(drop=True)
+    sets_b = read_sets(b).sort_values(SET_ORDER).reset_index(drop=True)
     check_run_sets(sets_a, "w1", reference_sets(xf, xr))
     assert len(sets_b) == len(sets_a) == len(METHODS) * sum(K.values())
     pd.testing.assert_frame_equal(sets_b[sets_a.columns], sets_a, check_exact=True)
@@ -215,17 +233,17 @@ def test_driver_killed_between_writes_then_rerun_leaves_consistent_tables(spark,
     out = tmp_path / "out"
     rc = run_to_end([*JOB, "driver-kill", forget, retain, str(out), "d1"], tmp_path / "killed.log")
     assert rc == -signal.SIGKILL, tail(tmp_path / "killed.log")
-    # Killed after removal_sets, before diagnostics: the run is not marked complete.
-    assert len(read_delta(out / "removal_sets")) == len(METHODS) * sum(K.values())
+    # Killed after the ranking and the budgets, before diagnostics: the run is not marked complete.
+    assert len(read_sets(out)) == len(METHODS) * sum(K.values())
     assert not (out / "diagnostics" / "_delta_log").is_dir()
     assert runs_status(out, "d1") in ([], ["running"])  # no row yet, or the ledger's "running"
 
     # The rerun: same run id and settings, in this process's Spark session (a new driver).
-    from distunlearn.pipeline import run_pipeline
+    from distunlearn.commands.run import run_pipeline
     from fault_job import job_config
 
     run_pipeline(spark, dataclasses.replace(job_config(forget, retain, str(out), "d1"), master="local[2]"))
-    sets = read_delta(out / "removal_sets")
+    sets = read_sets(out)
     assert set(sets.run_id) == {"d1"}
     check_run_sets(sets, "d1", reference_sets(xf, xr))
     assert runs_status(out, "d1") == ["succeeded"]
@@ -234,7 +252,7 @@ def test_driver_killed_between_writes_then_rerun_leaves_consistent_tables(spark,
     assert len(diag) == 1 + len(METHODS) * len(BUDGETS)
 
     # Every version a reader could have opened: each budget present is complete.
-    assert assert_every_version_complete(out / "removal_sets") >= 1  # the killed run's commit, the rerun's
+    assert assert_every_version_complete(out) >= 1  # the killed run's commit, the rerun's
 
 
 # ------------------------------------------------------------------ 3. concurrent runs
@@ -263,9 +281,9 @@ def test_two_runs_writing_the_same_new_output_at_once(inputs, tmp_path):
 
     # Nothing lost or mixed up (checked first, so that a message failure below means the
     # tables themselves were right).
-    sets = read_delta(out / "removal_sets")
+    sets = read_sets(out)
     assert set(sets.run_id) <= set(run_ids)
-    assert_every_version_complete(out / "removal_sets")
+    assert_every_version_complete(out)
     stats = read_delta(out / "statistics")
     reference = reference_sets(xf, xr)
     for run_id in succeeded:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import frame, gaussian_tables, make_config, read_delta
-from distunlearn.pipeline import run_pipeline
+from conftest import frame, gaussian_tables, make_config, read_delta, read_sets
+from distunlearn.commands.run import run_pipeline
 
 RUN = dict(methods=("lr_gauss", "mu2", "random"), budgets=(0.1, 0.5))
 
@@ -28,7 +28,7 @@ def run_row(output: str, run_id: str) -> dict:
 
 
 def sets_of(output: str, run_id: str) -> pd.DataFrame:
-    sets = read_delta(f"{output}/removal_sets")
+    sets = read_sets(output)
     return (sets[sets.run_id == run_id].drop(columns="run_id")
             .sort_values(["method", "budget", "rank"]).reset_index(drop=True))
 
@@ -81,10 +81,12 @@ def test_appended_rows_are_merged_and_equal_a_full_recompute(spark, tmp_path):
 
     # Night 3: nothing new since the latest succeeded run (full2): its statistics are reused
     # as they are, with no new file to read (checked on the planning step, without a run).
-    from distunlearn import incremental
+    from distunlearn.commands import incremental
+    from distunlearn.store.output import RunRecord, Store
 
-    inputs = {d: incremental.Input(d, src, 1 if d == "forget" else 2) for d, src in (("forget", f), ("retain", r))}
-    base, reason = incremental.find_base(spark, dataclasses.replace(cfg, run_id="night3"), inputs)
+    record = RunRecord(forget_version=1, retain_version=2)
+    base, reason = incremental.find_base(spark, dataclasses.replace(cfg, run_id="night3"), Store(spark, cfg.output),
+                                         record)
     assert base is not None and reason == ""
     assert (base.run_id, base.new_files) == ("full2", {"forget": [], "retain": []})
 
@@ -111,14 +113,15 @@ def test_deleted_rows_force_a_full_recompute_and_the_ledger_records_the_run(spar
     assert (row["forget_version"], row["retain_version"]) == (0, 1)
     assert len(row["stats_sha256"]) == 64 and len(row["config_sha256"]) == 64
     outputs = dict(row["outputs"])
-    assert set(outputs) == {"statistics", "removal_sets", "diagnostics", "calibration"}
+    assert set(outputs) == {"statistics", "removal_ranking", "removal_budgets", "diagnostics", "calibration"}
     from deltalake import DeltaTable as RsTable
 
-    assert outputs["removal_sets"] <= RsTable(f"{cfg.output}/removal_sets").version()
+    for table, version in outputs.items():
+        assert version <= RsTable(f"{cfg.output}/{table}").version(), table
 
 
 def test_a_failed_run_is_recorded_as_failed(spark, tmp_path, monkeypatch):
-    from distunlearn import pipeline
+    from distunlearn.store.output import Store
 
     f, r, *_ = gaussian_tables(spark, tmp_path, n_forget=40, n_retain=80, dim=3)
     cfg = make_config(tmp_path, f, r, run_id="boom", **RUN)
@@ -126,7 +129,7 @@ def test_a_failed_run_is_recorded_as_failed(spark, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "write_diagnostics", fail)
+    monkeypatch.setattr(Store, "write_diagnostics", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         run_pipeline(spark, cfg)
     row = run_row(cfg.output, "boom")

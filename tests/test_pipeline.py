@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import frame, gaussian_tables, make_config, read_delta, write_table
-from distunlearn.pipeline import run_pipeline, run_score, run_stats
-from distunlearn.scoring import FEATURE_METHODS as METHODS  # lr_ngram needs text
+from conftest import frame, gaussian_tables, make_config, read_delta, read_sets, write_table
+from distunlearn.commands.run import run_pipeline, run_score, run_stats
+from distunlearn.core.scoring import FEATURE_METHODS as METHODS  # lr_ngram needs text
 
 
 def reference_scores(xf: np.ndarray, xr: np.ndarray, source: str = "pooled") -> dict[str, np.ndarray]:
@@ -55,7 +55,7 @@ def full_run(spark, gaussian):
     root, f, r, xf, xr = gaussian
     cfg = make_config(root, f, r, methods=METHODS, budgets=(0.05, 0.29, 0.5, 1.0), budget_counts=(7,))
     report = run_pipeline(spark, cfg)
-    return cfg, report, read_delta(f"{cfg.output}/removal_sets")
+    return cfg, report, read_sets(cfg.output)
 
 
 def test_every_kernel_method_matches_the_numpy_reference(gaussian, full_run):
@@ -97,11 +97,11 @@ def test_random_is_seeded_uniform_and_partition_independent(spark, gaussian, ful
     again = dataclasses.replace(cfg, output=str(tmp_path / "a"), shuffle_partitions=3, arrow_batch_size=50,
                                 methods=("random",), budgets=(0.5,), budget_counts=())
     run_pipeline(spark, again)
-    t2 = read_delta(f"{again.output}/removal_sets")
+    t2 = read_sets(again.output)
     assert sorted(t2["id"]) == sorted(first)
     other = dataclasses.replace(again, output=str(tmp_path / "b"), seed=1)
     run_pipeline(spark, other)
-    t3 = read_delta(f"{other.output}/removal_sets")
+    t3 = read_sets(other.output)
     assert len(set(t3["id"]) & set(first)) < 50
     # Scores are uniform in [0, 1): 120 draws have a mean near 1/2 (5 sigma band).
     scores = table[(table.method == "random") & (table.budget == 1.0)]["score"]
@@ -134,12 +134,12 @@ def test_rerun_replaces_rows_and_other_runs_are_kept(spark, gaussian, tmp_path):
     root, f, r, _, _ = gaussian
     cfg = make_config(tmp_path, f, r, budgets=(0.1, 0.5))
     run_pipeline(spark, cfg)
-    first = read_delta(f"{cfg.output}/removal_sets").sort_values(["method", "budget", "rank"]).reset_index(drop=True)
+    first = read_sets(cfg.output).sort_values(["method", "budget", "rank"]).reset_index(drop=True)
     run_pipeline(spark, cfg)
-    second = read_delta(f"{cfg.output}/removal_sets").sort_values(["method", "budget", "rank"]).reset_index(drop=True)
+    second = read_sets(cfg.output).sort_values(["method", "budget", "rank"]).reset_index(drop=True)
     assert first.equals(second)
     run_pipeline(spark, dataclasses.replace(cfg, run_id="t2", budgets=(0.1,)))
-    both = read_delta(f"{cfg.output}/removal_sets")
+    both = read_sets(cfg.output)
     assert len(both[both.run_id == "t1"]) == len(first)
     assert len(both[both.run_id == "t2"]) == 12 * len(cfg.methods)
     assert sorted(read_delta(f"{cfg.output}/runs")["run_id"]) == ["t1", "t2"]
@@ -152,7 +152,7 @@ def test_stats_then_score_reuses_stored_statistics(spark, gaussian, tmp_path):
                       covariance_source="retain")
     run_stats(spark, cfg)
     run_score(spark, dataclasses.replace(cfg, run_id="s2", stats_run_id="s1"))
-    table = read_delta(f"{cfg.output}/removal_sets")
+    table = read_sets(cfg.output)
     assert set(table.run_id) == {"s2"}
     ref = reference_scores(xf, xr, source="retain")
     for method in ("lr_gauss", "maha_mu2"):
@@ -165,7 +165,7 @@ def test_pruned_selection_matches_reference(spark, tmp_path):
     f, r, xf, xr = gaussian_tables(spark, tmp_path, n_forget=600, n_retain=300, dim=3, seed=3)[0:4]
     cfg = make_config(tmp_path, f, r, methods=("mu2", "coreset"), budgets=(0.01, 0.1, 0.2))
     run_pipeline(spark, cfg)
-    table = read_delta(f"{cfg.output}/removal_sets")
+    table = read_sets(cfg.output)
     ref = reference_scores(xf, xr)
     for method in ("mu2", "coreset"):
         for budget, k in ((0.01, 6), (0.1, 60), (0.2, 120)):
@@ -183,7 +183,7 @@ def test_ties_are_broken_by_id_for_long_and_string_ids(spark, tmp_path):
                     "id long, features array<double>", partitions=4)
     cfg = make_config(tmp_path, f, r, methods=("mu2", "lr_gauss"), budgets=(0.3,))
     run_pipeline(spark, cfg)
-    table = read_delta(f"{cfg.output}/removal_sets")
+    table = read_sets(cfg.output)
     for method in ("mu2", "lr_gauss"):
         assert table[table.method == method].sort_values("rank")["id"].tolist() == [0, 1, 2]
     names = ["b", "a10", "a9", "c", "a1"]
@@ -192,7 +192,7 @@ def test_ties_are_broken_by_id_for_long_and_string_ids(spark, tmp_path):
     fs = write_table(spark, frame(names, same[:5]), tmp_path / "fs", "id string, features array<double>")
     cfg = make_config(tmp_path, fs, rs, output=str(tmp_path / "out_s"), methods=("mu2",), budgets=(0.6,))
     run_pipeline(spark, cfg)
-    table = read_delta(f"{cfg.output}/removal_sets")
+    table = read_sets(cfg.output)
     assert table.sort_values("rank")["id"].tolist() == ["a1", "a10", "a9"]
 
 
@@ -202,7 +202,7 @@ def test_float32_parquet_and_ml_vectors_give_the_same_sets(spark, tmp_path):
     f, r, xf, xr = gaussian_tables(spark, tmp_path / "f32", dim=3, dtype="float", seed=11)[0:4]
     cfg = make_config(tmp_path, f, r, methods=("maha_mu2",), budgets=(0.5,))
     run_pipeline(spark, cfg)
-    expected = read_delta(f"{cfg.output}/removal_sets").sort_values("rank")["id"].tolist()
+    expected = read_sets(cfg.output).sort_values("rank")["id"].tolist()
     assert expected == top_ids(reference_scores(xf, xr)["maha_mu2"], np.arange(len(xf)), 60)
     # Same rows as Spark ML vectors (every other one sparse) in Parquet folders.
     def vec_table(x, ids, path):
@@ -214,7 +214,7 @@ def test_float32_parquet_and_ml_vectors_give_the_same_sets(spark, tmp_path):
     rv = vec_table(xr, range(10_000, 10_000 + len(xr)), tmp_path / "rv")
     cfg2 = make_config(tmp_path, fv, rv, output=str(tmp_path / "out_v"), methods=("maha_mu2",), budgets=(0.5,))
     run_pipeline(spark, cfg2)
-    assert read_delta(f"{cfg2.output}/removal_sets").sort_values("rank")["id"].tolist() == expected
+    assert read_sets(cfg2.output).sort_values("rank")["id"].tolist() == expected
 
 
 @pytest.mark.parametrize("budgets", [(0.1, 0.5), (0.1, 1.0)])
@@ -222,14 +222,14 @@ def test_numpy_kernel_scores_each_forget_row_once(spark, gaussian, tmp_path, mon
     """Pruning, range sampling and sorting are separate Spark jobs; the scores are persisted
     so the kernel runs once per row for the selection (counted with an accumulator in the
     workers); the diagnostics pass scores again (aggregate.removal_bucket_stats)."""
-    from distunlearn import score
+    from distunlearn.transforms import score
 
     root, f, r, xf, _ = gaussian
     rows = spark.sparkContext.accumulator(0)
     original = score._scorer
 
-    def counting(broadcast, methods):  # nested: shipped to the workers by value
-        inner = original(broadcast, methods)
+    def counting(model, methods):  # nested: shipped to the workers by value
+        inner = original(model, methods)
 
         def count(batches):
             for rb in inner(batches):
@@ -245,7 +245,7 @@ def test_numpy_kernel_scores_each_forget_row_once(spark, gaussian, tmp_path, mon
 def test_sort_partitions_cap_rows_per_partition():
     """The selection's sort: the shuffle partitions, or enough that none holds more than ~1M
     score rows (n x methods), rounded up; the 10M x 4 run needed 40 (docs/BENCHMARKS.md)."""
-    from distunlearn.select import sort_partitions
+    from distunlearn.transforms.rank import sort_partitions
 
     assert sort_partitions(1_000_000, 4, 8) == 8
     assert sort_partitions(10_000_000, 4, 8) == 40

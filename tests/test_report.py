@@ -10,10 +10,10 @@ import subprocess
 import pytest
 
 from conftest import gaussian_tables, make_config, read_delta
+from distunlearn.commands.evaluate import run_evaluation
+from distunlearn.commands.report import write_report
+from distunlearn.commands.run import run_pipeline
 from distunlearn.errors import InputError
-from distunlearn.evaluate import run_evaluation
-from distunlearn.pipeline import run_pipeline
-from distunlearn.report import write_report
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf
 
-from distunlearn.covariance import CovarianceEstimate
+from distunlearn.core.covariance import CovarianceEstimate
+from distunlearn.core.scoring import FEATURE_METHODS, KERNEL_METHODS, METHODS, ScoringModel, validate_methods
+from distunlearn.core.stats import GaussianStats
 from distunlearn.errors import ConfigError
-from distunlearn.scoring import FEATURE_METHODS, KERNEL_METHODS, METHODS, ScoringModel, validate_methods
-from distunlearn.stats import GaussianStats
 
 #: The kernels of feature vectors (lr_ngram scores n-gram counts: tests/test_text.py).
 FEATURE_KERNELS = tuple(m for m in FEATURE_METHODS if m != "random")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distunlearn.stats import GaussianStats
+from distunlearn.core.stats import GaussianStats
 
 OFFSET = 1e6
 

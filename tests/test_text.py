@@ -20,22 +20,13 @@ import regex
 import xxhash
 from pyspark.sql import functions as F
 
-from conftest import make_config, read_delta
-from distunlearn.demo import spam_sample
+from conftest import make_config, read_delta, read_sets
+from distunlearn.commands.demo import spam_sample
+from distunlearn.commands.run import run_pipeline, run_score
+from distunlearn.core.text import GRAMS, NgramModel, NgramStats, TextProjection, TextSettings
 from distunlearn.errors import ConfigError, InputError
-from distunlearn.pipeline import run_pipeline, run_score
-from distunlearn.text import (
-    GRAMS,
-    NgramModel,
-    NgramStats,
-    TextProjection,
-    TextSettings,
-    bucket,
-    compute_ngram_stats,
-    ngrams,
-    normalize_text,
-    tokens,
-)
+from distunlearn.transforms.statistics import ngram_stats
+from distunlearn.transforms.text import bucket, ngrams, normalize_text, tokens
 
 # NLTK's WordPunctTokenizer (DSIR's) as NLTK >= 3.10.3 compiles it: with the regex module
 WORD_PUNCT = regex.compile(r"\w+|[^\w\s]+", regex.UNICODE | regex.MULTILINE | regex.DOTALL)
@@ -96,7 +87,7 @@ def test_ngram_statistics_match_numpy(spark):
     pdf = pd.DataFrame({"id": range(len(texts)), "body": texts})
     df = normalize_text(spark.createDataFrame(pdf).repartition(3), "id", "body", "forget",
                         TextSettings(buckets=50, hash_name="sha256"))
-    stats = compute_ngram_stats(df, "forget", "body", 50)
+    stats = ngram_stats(df, "forget", "body", 50)
     counts = ref_counts(texts, 50, "sha256")
     assert stats.n_docs == len(texts)
     np.testing.assert_array_equal(stats.counts, counts.sum(axis=0))
@@ -107,7 +98,7 @@ def test_null_and_non_string_text_columns_are_errors(spark):
     pdf = pd.DataFrame({"id": [1, 2, 3], "body": ["a", None, "b"], "n": [1, 2, 3]})
     df = spark.createDataFrame(pdf, "id long, body string, n long")
     with pytest.raises(InputError, match=r"text column 'body' of the forget table has 1 null values"):
-        compute_ngram_stats(normalize_text(df, "id", "body", "forget", TextSettings()), "forget", "body", 65536)
+        ngram_stats(normalize_text(df, "id", "body", "forget", TextSettings()), "forget", "body", 65536)
     with pytest.raises(InputError, match=r"text column 'n' of the retain table must be string, got bigint"):
         normalize_text(df, "id", "n", "retain", TextSettings())
     with pytest.raises(InputError, match=r"retain table has no column 'txt'"):
@@ -191,7 +182,7 @@ def test_text_run_matches_the_reference(spark, corpus):
                       budgets=(0.25, 0.5), budget_counts=(), run_id="text1")
     report = run_pipeline(spark, cfg)
     ids, scores, counts = _reference_scores(sample, 1024, 1.0)
-    sets = read_delta(Path(cfg.output) / "removal_sets")
+    sets = read_sets(Path(cfg.output))
     ours = sets[sets.method == "lr_ngram"]
     for k in (10, 20):
         got = ours[ours.k == k].sort_values("rank")
@@ -221,14 +212,14 @@ def test_text_run_matches_the_reference(spark, corpus):
 
     # score with the stored statistics (n-gram and Gaussian) of text1: the same removal sets.
     run_score(spark, dataclasses.replace(cfg, run_id="text2", stats_run_id="text1"))
-    sets = read_delta(Path(cfg.output) / "removal_sets")
+    sets = read_sets(Path(cfg.output))
     for m in ("lr_ngram", "lr_gauss"):
         a = sets[(sets.run_id == "text1") & (sets.method == m)].sort_values(["k", "rank"])
         b = sets[(sets.run_id == "text2") & (sets.method == m)].sort_values(["k", "rank"])
         assert list(a.id) == list(b.id) and np.array_equal(a.score.to_numpy(), b.score.to_numpy())
 
     # The report re-scores the tables with the run's stored model: every forget document here.
-    from distunlearn.report import collect
+    from distunlearn.commands.report import collect
 
     data = collect(spark, dataclasses.replace(cfg, run_id="text1"), sample_rows=100)
     np.testing.assert_allclose(np.sort(data.scores["forget"]["lr_ngram"]), np.sort(scores), rtol=1e-9)
@@ -257,7 +248,7 @@ def test_gumbel_selection_is_the_seeded_perturbed_top_k(spark, corpus):
     ids, scores, counts = _reference_scores(sample, 1024, 1.0)
     scores = scores / np.maximum(counts["forget"].sum(1), 1)
     keys = scores + _spark_gumbel(5, ids)
-    got = read_delta(Path(cfg.output) / "removal_sets").sort_values("rank")
+    got = read_sets(Path(cfg.output)).sort_values("rank")
     assert list(got.id) == _top(ids, keys, 10)
     assert list(got.id) != _top(ids, scores, 10)  # the noise changes the set at this size
     np.testing.assert_allclose(got.score.to_numpy(), np.sort(keys)[::-1][:10], rtol=1e-9)
@@ -343,7 +334,7 @@ def test_text_with_stratified_groups(spark, corpus, tmp_path):
     of a stratified set is the top of the reference lr_ngram scores within the group."""
     from pyspark.sql import functions as F
 
-    from distunlearn.groups import apportion
+    from distunlearn.core.groups import apportion
 
     _, paths, sample = corpus
     grouped = {}
@@ -357,7 +348,7 @@ def test_text_with_stratified_groups(spark, corpus, tmp_path):
     run_pipeline(spark, cfg)
     ids, scores, _ = _reference_scores(sample, 1024, 1.0)
     src = np.where(ids % 3 == 0, "true", "false")
-    sets = read_delta(Path(cfg.output) / "removal_sets")
+    sets = read_sets(Path(cfg.output))
     ours = sets[sets.method == "lr_ngram"]
     quotas = apportion(20, {g: int((src == g).sum()) for g in ("true", "false")})
     assert sum(quotas.values()) == 20 and len(ours) == 20

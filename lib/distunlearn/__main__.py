@@ -1,5 +1,5 @@
 """``python -m distunlearn`` is the ``distunlearn`` console command."""
 
-from distunlearn.cli import console
+from distunlearn.commands.cli import console
 
 console()

@@ -1,0 +1,22 @@
+"""spark-submit entry point for `distunlearn export`.
+
+    spark-submit --packages io.delta:delta-spark_2.13:4.0.1 \
+        --conf spark.pyspark.python=.venv/bin/python \
+        jobs/export.py --output OUT --run-id ID --method M --budget B --target DST
+
+Options are those of `distunlearn export --help`; spark-submit's --master wins over --master.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from distunlearn.commands.cli import main as cli_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)], launch=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Delta writes shared by the output store and the cleaning of user tables: a run's rows
+replaced in one commit, retried when a concurrent writer won the optimistic-concurrency race.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from distunlearn.errors import ConflictError, InputError
+
+log = logging.getLogger(__name__)
+
+#: Writes of a run replace only that run's rows, so a write that lost a race with another
+#: run's commit (two runs creating a table at once, or appending to ``runs``) is safe to repeat.
+WRITE_ATTEMPTS = 5
+_CONFLICT = re.compile(r"io\.delta\.exceptions\.(\w+Exception)|\[(DELTA_CONCURRENT_\w+|DELTA_PROTOCOL_CHANGED|"
+                       r"DELTA_METADATA_CHANGED)\]")
+
+
+def delta_conflict(exc: BaseException) -> str | None:
+    """The name of the Delta optimistic-concurrency exception in ``exc``, or None."""
+    match = _CONFLICT.search(f"{type(exc).__name__}: {exc}")
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def frame_of(spark: SparkSession, rows: list[dict[str, Any]], schema: str, columns: list[str]) -> DataFrame:
+    """A DataFrame of ``rows`` (dicts keyed by column name) with the DDL ``schema`` whose
+    column names are ``columns``: each row's values are taken in that order."""
+    return spark.createDataFrame([tuple(r.get(c) for c in columns) for r in rows], schema)
+
+
+def check_schema(spark: SparkSession, schema: StructType, path: str) -> None:
+    """Fail before writing when an existing output table stores a column with another type
+    (typically the id: long in earlier runs, string now)."""
+    from distunlearn.store.sources import is_delta
+
+    if not is_delta(spark, path):
+        return
+    current = {f.name: f.dataType for f in spark.read.format("delta").load(path).schema.fields}
+    for f in schema.fields:
+        if f.name in current and current[f.name] != f.dataType:
+            raise InputError(f"output table {path!r} stores column {f.name!r} as "
+                             f"{current[f.name].simpleString()}, this run has {f.dataType.simpleString()}; "
+                             "use another --output")
+
+
+def last_commit(spark: SparkSession, path: str) -> tuple[int, str]:
+    """Version and numOutputRows of the table's last commit (from the log; no data is read)."""
+    from delta.tables import DeltaTable
+
+    last = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    metrics = (last[1] or {}) if last else {}
+    return (int(last[0]) if last else -1), str(metrics.get("numOutputRows", "?"))
+
+
+def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",),
+                merge_schema: bool = False) -> int:
+    """Write ``df`` (which has a run_id column equal to ``run_id``) as the run's rows of the
+    Delta table at ``path``, replacing earlier rows of the same run in one commit; return the
+    table version written.  ``merge_schema`` adds new columns to an older table."""
+    start = time.monotonic()
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            writer.save(path)
+            break
+        except Exception as exc:
+            conflict = delta_conflict(exc)
+            if conflict is None:
+                raise
+            if attempt == WRITE_ATTEMPTS:
+                raise ConflictError(f"writing {path!r} for run {run_id!r}: {conflict} from a concurrent writer, "
+                                    f"{WRITE_ATTEMPTS} times; nothing of this write landed, run again") from exc
+            log.warning("writing %s for run %s: %s from a concurrent writer; retrying (%d of %d)", path, run_id,
+                        conflict, attempt + 1, WRITE_ATTEMPTS)
+            time.sleep(0.5 * attempt)
+    version, rows = last_commit(df.sparkSession, path)
+    log.info("wrote %s rows to %s (version %d) for run %s in %.1f s", rows, path, version, run_id,
+             time.monotonic() - start)
+    return version
+
+
+def append(df: DataFrame, path: str) -> None:
+    """Append ``df`` to the Delta table at ``path`` (created on first use)."""
+    df.write.format("delta").mode("append").save(path)

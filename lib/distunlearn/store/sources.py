@@ -1,0 +1,130 @@
+"""Reading the input tables: a Delta path, a Parquet folder or a catalog table, at a version;
+and, for incremental runs, the files a Delta table's commits added since a version.
+
+The forget and retain tables belong to the user: nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from urllib.parse import unquote
+
+from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import types as T
+from pyspark.sql.utils import AnalysisException
+
+from distunlearn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def is_path(source: str) -> bool:
+    """A path (it has a separator or a scheme, or exists) rather than a catalog table name."""
+    return "/" in source or "\\" in source or "://" in source or Path(source).exists()
+
+
+def first_row(df: DataFrame) -> Row:
+    """The first row of a query that always has one (a count, DESCRIBE DETAIL, history(1))."""
+    row = df.first()
+    if row is None:
+        raise RuntimeError("query returned no row")
+    return row
+
+
+def is_delta(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return bool(DeltaTable.isDeltaTable(spark, path))
+
+
+def delta_version(spark: SparkSession, source: str) -> int | None:
+    """The current version of a Delta table (path or catalog name); None for anything else."""
+    from delta.tables import DeltaTable
+
+    if is_path(source):
+        if not is_delta(spark, source):
+            return None
+        handle = DeltaTable.forPath(spark, source)
+    else:
+        if not spark.catalog.tableExists(source):
+            return None
+        try:
+            handle = DeltaTable.forName(spark, source)
+        except AnalysisException:  # a catalog table in another format
+            return None
+    return int(first_row(handle.history(1).select("version"))[0])
+
+
+def read_source(spark: SparkSession, source: str, domain: str, version: int | None = None) -> DataFrame:
+    """Read a Delta path, a Parquet folder or a catalog table; InputError if none exists.
+    ``version`` pins a Delta table's version (what the run ledger records)."""
+    if is_path(source):
+        if is_delta(spark, source):
+            log.info("%s: Delta table %s%s", domain, source, "" if version is None else f" version {version}")
+            reader = spark.read.format("delta")
+            return (reader if version is None else reader.option("versionAsOf", version)).load(source)
+        try:
+            df = spark.read.parquet(source)
+        except AnalysisException as exc:
+            raise InputError(f"{domain} table {source!r} not found: not a Delta table or a Parquet "
+                             f"folder ({str(exc).splitlines()[0][:160]})") from exc
+        log.info("%s: Parquet folder %s", domain, source)
+        return df
+    if spark.catalog.tableExists(source):
+        log.info("%s: catalog table %s%s", domain, source, "" if version is None else f" version {version}")
+        return spark.table(source) if version is None else spark.sql(
+            f"SELECT * FROM {source} VERSION AS OF {version}")
+    raise InputError(f"{domain} table {source!r} not found: not a path and not a catalog table")
+
+
+def location(spark: SparkSession, source: str) -> str:
+    """The folder of a Delta table given by path or catalog name."""
+    if is_path(source):
+        return source.rstrip("/")
+    return str(first_row(spark.sql(f"DESCRIBE DETAIL {source}"))["location"]).rstrip("/")
+
+
+def added_files(spark: SparkSession, source: str, since: int, until: int, id_col: str) -> list[str] | str:
+    """Files of the rows added by the Delta commits since+1..until, or why they cannot be known.
+
+    Read from the table's transaction log (``_delta_log/<version>.json``, the public Delta
+    protocol): every ``add`` with ``dataChange = true`` is a file of new rows; ``add``/``remove``
+    with ``dataChange = false`` are compactions (same rows); a ``remove`` with ``dataChange =
+    true``, a ``metaData`` or a ``protocol`` action means rows may have changed."""
+    if until == since:
+        return []
+    folder = location(spark, source)
+    detail = first_row(spark.sql(f"DESCRIBE DETAIL delta.`{folder}`"))
+    if detail["properties"].get("delta.columnMapping.mode", "none") != "none":
+        return "column mapping is on"
+    if id_col in (detail["partitionColumns"] or []):
+        return f"the id column {id_col!r} is a partition column"
+    commits = [f"{folder}/_delta_log/{v:020d}.json" for v in range(since + 1, until + 1)]
+    try:
+        lines = [r[0] for r in spark.read.text(commits).collect()]
+    except Exception as exc:  # a commit file cleaned up by log retention
+        return f"commits {since + 1}..{until} are no longer all in the log ({type(exc).__name__})"
+    files = []
+    for line in lines:
+        action = json.loads(line)
+        if "remove" in action and action["remove"].get("dataChange", True):
+            return "rows were deleted or rewritten"
+        if "metaData" in action or "protocol" in action:
+            return "the table's metadata or protocol changed"
+        add = action.get("add")
+        if add and add.get("dataChange", True):
+            if add.get("deletionVector"):
+                return "a new file carries a deletion vector"
+            path = unquote(add["path"])
+            files.append(path if "://" in path or path.startswith("/") else f"{folder}/{path}")
+    return files
+
+
+def read_files(spark: SparkSession, table: DataFrame, files: list[str], columns: list[str]) -> DataFrame:
+    """The rows of the Parquet ``files`` with ``table``'s types for ``columns``."""
+    schema = T.StructType([table.schema[c] for c in columns])
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*files)
