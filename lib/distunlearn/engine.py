@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -244,10 +242,6 @@ def _frame(spark: SparkSession, source: DataFrame | str, domain: str) -> DataFra
     return source
 
 
-def _options(options: Options | None, parts: dict[str, Any]) -> Options:
-    return (options or Options()).replace(**parts).check() if parts else (options or Options()).check()
-
-
 def select_removal(spark: SparkSession, forget: DataFrame | str, retain: DataFrame | str,
                    options: Options | None = None, *, statistics: Statistics | None = None,
                    prepared: bool = False, timings: dict[str, float] | None = None, **parts: Any) -> Result:
@@ -259,7 +253,7 @@ def select_removal(spark: SparkSession, forget: DataFrame | str, retain: DataFra
     ``prepared``: the tables are already the output of :func:`prepare` (ids checked).
     Raises :class:`~distunlearn.errors.DistUnlearnError` subclasses for bad input.
     """
-    opts = _options(options, parts)
+    opts = (options or Options()).replace(**parts).check()
     timings = {} if timings is None else timings
     f_df, r_df = _frame(spark, forget, "forget"), _frame(spark, retain, "retain")
     with Stage(timings, "read_check"):
@@ -400,14 +394,3 @@ def _diagnose(forget: DataFrame, model: ScoringModel, options: Options, statisti
     d = options.calibration
     return diagnose_kept(f_stats, r_stats, kept, [(b.budget, b.k) for b in budgets], d.tolerated_eps,
                          d.target_alpha), points
-
-
-@contextmanager
-def selection(spark: SparkSession, forget: DataFrame | str, retain: DataFrame | str,
-              options: Options | None = None, **parts: Any) -> Iterator[Result]:
-    """``with selection(spark, f, r, ...) as result:``: :func:`select_removal`, released at the end."""
-    result = select_removal(spark, forget, retain, options, **parts)
-    try:
-        yield result
-    finally:
-        result.release()
