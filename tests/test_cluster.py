@@ -236,6 +236,7 @@ def test_missing_python_archive_is_one_line_exit_2_and_nothing_written(tmp_path)
 
 
 def test_down_without_a_cluster_says_so(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "localcluster.py"), "down", "--state-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60, env=driver_env())
+    script = str(ROOT / "scripts" / "localcluster.py")
+    res = subprocess.run([sys.executable, script, "down", "--state-dir", str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, env=driver_env())
     assert res.returncode == 0 and res.stdout.strip() == f"no cluster running from {tmp_path}"

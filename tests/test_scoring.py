@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf
 
-from distunlearn.core.covariance import CovarianceEstimate
+from distunlearn.core.covariance import CovarianceEstimate, CovarianceSpec
 from distunlearn.core.scoring import FEATURE_METHODS, KERNEL_METHODS, METHODS, ScoringModel, validate_methods
 from distunlearn.core.stats import GaussianStats
 from distunlearn.errors import ConfigError
@@ -80,8 +80,10 @@ def reference_scores(method: str, x: np.ndarray, f: np.ndarray, r: np.ndarray, s
     raise AssertionError(method)
 
 
-def build(f: np.ndarray, r: np.ndarray, **kw: object) -> ScoringModel:
-    return ScoringModel.build(GaussianStats.from_array(f), GaussianStats.from_array(r), **kw)
+def build(f: np.ndarray, r: np.ndarray, covariance: str = "full", covariance_rank: int = 64,
+          **kw: object) -> ScoringModel:
+    spec = CovarianceSpec(kind=covariance, rank=covariance_rank)
+    return ScoringModel.build(GaussianStats.from_array(f), GaussianStats.from_array(r), covariance=spec, **kw)
 
 
 # --------------------------------------------------------------------------- kernels

@@ -22,7 +22,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from distunlearn.core.batches import check_dims
-from distunlearn.core.budgets import Budget, resolve_budgets
+from distunlearn.core.budgets import Budget, one_per_size, resolve_budgets
+from distunlearn.core.covariance import CovarianceSpec
 from distunlearn.core.diagnostics import Diagnostics, GroupPoint, diagnose_kept, group_point
 from distunlearn.core.groups import GroupPlan, describe
 from distunlearn.core.scoring import ScoringModel
@@ -101,8 +102,8 @@ def build_model(options: Options, forget: GaussianStats, retain: GaussianStats,
     """The scoring model: the statistics with the covariance and cosine options, and
     lr_ngram's weights for text input."""
     s = options.scoring
-    model = ScoringModel.build(forget, retain, s.covariance_source, s.covariance, s.ridge, s.max_condition,
-                               s.cosine_center, s.covariance_rank)
+    spec = CovarianceSpec(s.covariance, s.ridge, s.max_condition, s.covariance_rank)
+    model = ScoringModel.build(forget, retain, s.covariance_source, spec, s.cosine_center)
     return dataclasses.replace(model, ngram=text.ngram_model()) if text else model
 
 
@@ -324,8 +325,6 @@ def _group_plan(statistics: Statistics, options: Options) -> GroupPlan:
 def _one_set_per_size(plan: GroupPlan, budgets: list[Budget], options: Options) -> list[Budget]:
     """The budgets with k reduced to what the caps allow (a warning per reduced budget), one
     per resulting size k: budgets of the same k are one set, recorded once."""
-    from distunlearn.core.budgets import one_per_size
-
     out = []
     for b in budgets:
         k = plan.effective_k(b.k)

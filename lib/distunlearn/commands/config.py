@@ -67,8 +67,7 @@ class JobConfig:
                          "catalog table name", required=True)
     id_col: str = _opt("id column in both tables (long or string); must be unique and non-null "
                        "in the forget table")
-    feature_col: str = _opt("feature column in both tables: array<float|double> or a "
-                            "Spark ML vector")
+    feature_col: str = _opt("feature column in both tables: array<float|double> or a Spark ML vector")
     text_col: str = _opt("text column in both tables (string) to use instead of --feature-col: "
                          "hashed word n-grams for lr_ngram, TF-IDF projected to --text-dim dims for "
                          "the other methods (README, \"Text input\")")
@@ -128,8 +127,7 @@ class JobConfig:
                           "id, group, sample_weight): per budget, retain rows of group g weigh 1 + r_g / n2_g so "
                           "each group keeps its original total weight (kept forget rows stay at 1); one row per "
                           "retain row, method and budget")
-    seed: int = _opt("seed of the random method (a hash of seed and id; independent of "
-                     "partitioning)")
+    seed: int = _opt("seed of the random method (a hash of seed and id; independent of partitioning)")
     on_invalid: str = _opt("rows whose features contain NaN or +-inf: 'fail' the run, or "
                            "'drop' them and report the count", choices=INVALID_POLICIES)
     check_retain_ids: bool = _opt("also check the retain ids for nulls and duplicates (one "

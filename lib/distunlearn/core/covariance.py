@@ -111,14 +111,20 @@ def _condition_number(matrix: Array) -> float:
     return float(eig[-1] / eig[0])
 
 
-def estimate_covariance(
-    stats: GaussianStats,
-    kind: str = "full",
-    ridge: float = 1e-3,
-    max_condition: float = 1e8,
-    label: str = "covariance",
-    rank: int = 64,
-) -> CovarianceEstimate:
+@dataclass(frozen=True)
+class CovarianceSpec:
+    """Which estimate to make (module docstring): its kind, and the parameters of the kinds
+    that take one (``ridge``; ``max_condition`` of ``full``; ``rank`` r of ``lowrank``)."""
+
+    kind: str = "full"
+    ridge: float = 1e-3
+    max_condition: float = 1e8
+    rank: int = 64
+
+
+def estimate_covariance(stats: GaussianStats, kind: str = CovarianceSpec.kind, ridge: float = CovarianceSpec.ridge,
+                        max_condition: float = CovarianceSpec.max_condition, label: str = "covariance",
+                        rank: int = CovarianceSpec.rank) -> CovarianceEstimate:
     """The covariance used by the Mahalanobis rules, per the options in the module docstring.
 
     ``label`` names the estimate in log messages and errors (e.g. "pooled covariance");

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from distunlearn.core.covariance import CovarianceEstimate, estimate_covariance, pooled
+from distunlearn.core.covariance import CovarianceEstimate, CovarianceSpec, estimate_covariance, pooled
 from distunlearn.core.stats import Array, GaussianStats
 from distunlearn.core.text import NgramModel
 from distunlearn.errors import ConfigError
@@ -239,22 +239,13 @@ class ScoringModel:
         return int(self.mu1.shape[0])
 
     @classmethod
-    def build(
-        cls,
-        forget: GaussianStats,
-        retain: GaussianStats,
-        covariance_source: str = "pooled",
-        covariance: str = "full",
-        ridge: float = 1e-3,
-        max_condition: float = 1e8,
-        cosine_center: str = "none",
-        covariance_rank: int = 64,
-    ) -> ScoringModel:
+    def build(cls, forget: GaussianStats, retain: GaussianStats, covariance_source: str = "pooled",
+              covariance: CovarianceSpec | None = None, cosine_center: str = "none") -> ScoringModel:
         """Means, Mahalanobis kernel and linear-discriminant weights from the two statistics.
 
-        ``covariance``, ``ridge``, ``max_condition`` and ``covariance_rank`` (r of "lowrank")
-        are passed to :func:`~distunlearn.core.covariance.estimate_covariance`; building models
-        with different ``covariance`` from the same statistics compares estimates directly.
+        ``covariance`` (default: ``full``) is the estimate
+        :func:`~distunlearn.core.covariance.estimate_covariance` makes; building models with
+        different ones from the same statistics compares estimates directly.
 
         ``covariance_source``: "pooled" (default) is the within-domain covariance
         (m2_forget + m2_retain) / (n_forget + n_retain): the maximum-likelihood shared
@@ -269,8 +260,9 @@ class ScoringModel:
             raise ConfigError(f"unknown cosine_center {cosine_center!r}; "
                               f"choose one of {', '.join(COSINE_CENTERS)}")
         source = pooled(forget, retain) if covariance_source == "pooled" else retain
-        est = estimate_covariance(source, covariance, ridge, max_condition,
-                                  label=f"{covariance_source} covariance", rank=covariance_rank)
+        spec = covariance or CovarianceSpec()
+        est = estimate_covariance(source, spec.kind, spec.ridge, spec.max_condition,
+                                  label=f"{covariance_source} covariance", rank=spec.rank)
         kernel = mahalanobis_kernel(est, np.array([retain.mean, forget.mean]))
         lr_weight, lr_offset = kernel.linear_form()
         if cosine_center == "pooled_mean":

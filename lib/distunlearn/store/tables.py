@@ -52,6 +52,9 @@ class Table:
         return names
 
 
+#: The columns that name one removal set of one run (a method's budget and its size).
+SET_KEY = "run_id string, method string, budget double, budget_count bigint, k bigint"
+
 STATISTICS = Table("statistics", (
     "run_id string, domain string, n bigint, dim int, mean array<double>, m2 array<double>, t3 array<double>, "
     "q4 double, rows bigint, dropped_nonfinite bigint, source string, created_at timestamp"))
@@ -62,32 +65,27 @@ NGRAM_STATISTICS = Table("ngram_statistics", (
 REMOVAL_RANKING = Table("removal_ranking", (
     "run_id string, method string, id {id}, score double, rank bigint, group string, group_rank bigint"),
     ("run_id", "method"))
-REMOVAL_BUDGETS = Table("removal_budgets", (
-    "run_id string, method string, budget double, budget_count bigint, k bigint, group string, quota bigint, "
-    "threshold double, ranking_version bigint"))
-DIAGNOSTICS = Table("diagnostics", (
-    "run_id string, method string, budget double, budget_count bigint, k bigint, kappa double, alpha double, "
-    "eps double, frontier_eps double, frontier_gap double, unlearned double"))
+REMOVAL_BUDGETS = Table("removal_budgets", SET_KEY + ", group string, quota bigint, threshold double, "
+                        "ranking_version bigint")
+DIAGNOSTICS = Table("diagnostics", SET_KEY + ", kappa double, alpha double, eps double, frontier_eps double, "
+                    "frontier_gap double, unlearned double")
 CALIBRATION = Table("calibration", (
     "run_id string, method string, kappa double, tolerated_eps double, alpha_max double, target_alpha double, "
     "budget_for_target double"))
-GROUP_DIAGNOSTICS = Table("group_diagnostics", (
-    "run_id string, method string, budget double, budget_count bigint, k bigint, group string, n_forget bigint, "
-    "n_retain bigint, capacity bigint, removed bigint, deletion_rate double, forget_removed_share double, "
-    "kl_shift double, sample_weight double"))
+GROUP_DIAGNOSTICS = Table("group_diagnostics", SET_KEY + ", group string, n_forget bigint, n_retain bigint, "
+                          "capacity bigint, removed bigint, deletion_rate double, forget_removed_share double, "
+                          "kl_shift double, sample_weight double")
 RETAIN_WEIGHTS = Table("retain_weights", (
     "run_id string, method string, budget double, id {id}, group string, sample_weight double"),
     ("run_id", "method"))
-EVALUATION = Table("evaluation", (
-    "run_id string, method string, budget double, budget_count bigint, k bigint, n_train bigint, "
-    "n_test_forget bigint, n_test_retain bigint, forget_recall double, forget_accuracy double, "
-    "retain_accuracy double, retain_log_loss double"), ())
+EVALUATION = Table("evaluation", SET_KEY + ", n_train bigint, n_test_forget bigint, n_test_retain bigint, "
+                   "forget_recall double, forget_accuracy double, retain_accuracy double, "
+                   "retain_log_loss double", ())
 EVALUATION_SUMMARY = Table("evaluation_summary", (
     "run_id string, method string, metric string, baseline double, budget_to_halve double"), ())
-EVALUATION_GROUPS = Table("evaluation_groups", (
-    "run_id string, method string, budget double, budget_count bigint, k bigint, weighting string, "
-    "group string, n_train bigint, n_test_retain bigint, retain_accuracy double, n_test_forget bigint, "
-    "forget_recall double"), ())
+EVALUATION_GROUPS = Table("evaluation_groups", SET_KEY + ", weighting string, group string, n_train bigint, "
+                          "n_test_retain bigint, retain_accuracy double, n_test_forget bigint, "
+                          "forget_recall double", ())
 RUNS = Table("runs", (
     "run_id string, status string, started_at timestamp, finished_at timestamp, config string, "
     "forget_source string, retain_source string, stats_run_id string, n_forget bigint, "
