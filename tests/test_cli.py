@@ -17,7 +17,9 @@ from distunlearn.commands.config import JobConfig
 from distunlearn.commands.session import DELTA_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "distunlearn"]
+# The console command the README's `make demo` runs, as pip installed it next to this interpreter
+# (a wrong entry point in pyproject.toml once broke it while every in-process test passed).
+CLI = [str(Path(sys.executable).with_name("distunlearn"))]
 
 
 def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:

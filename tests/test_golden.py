@@ -3,9 +3,16 @@
 For every case, the numbers the run writes under output contract 2 (removal_ranking +
 removal_budgets, read back with delta-rs and exploded into sets by the contract's rule)
 equal those the previous code wrote under contract 1 (removal_sets): ids, ranks and k
-exactly; scores and statistics to the last bit; diagnostics, group diagnostics and weights to
-1e-9 relative (with groups the removal sets' statistics are merged in another order, which
-moves the KL divergences in the last bits).
+exactly; scores, statistics and thresholds to 1e-12 relative; diagnostics, group diagnostics
+and weights to 1e-9 relative (with groups the removal sets' statistics are merged in another
+order, which moves the KL divergences in the last bits).
+
+Why 1e-12 and not the last bit: in one environment the new code reproduces the old code's
+scores and statistics bit for bit (checked by rerunning the old code, commit f9c7a36's
+scripts/make_golden.py, next to the new one in one virtualenv).  But the stored files came from
+one install, and a fresh ``make test`` may resolve another numpy, whose summation and BLAS
+kernels move means, covariances and hence scores by an ulp or two (seen: 3e-16 relative).
+1e-12 still tells any real change of the math from rounding.
 
 Two differences are by design and checked as such: budgets that resolve to the same k are
 one set recorded once (the old code wrote every such set twice), and with stratified budgets
@@ -24,6 +31,7 @@ from conftest import make_config, read_delta, read_sets
 from distunlearn.commands.run import run_pipeline
 from golden_cases import CASES, GOLDEN, write_inputs
 
+NUM_RTOL = 1e-12  # scores, statistics, thresholds: rounding of another numpy build (module docstring)
 DIAG_RTOL = 1e-9
 DIAG_ATOL = 1e-12
 
@@ -69,7 +77,7 @@ def test_outputs_equal_the_stored_outputs_of_the_previous_code(spark, inputs, tm
         got = new[(new.method == method) & (new.k == k)].sort_values(["rank", "id"]).reset_index(drop=True)
         assert got.id.tolist() == want.id.tolist(), (case.name, method, k)
         assert got["rank"].tolist() == want["rank"].tolist(), (case.name, method, k)
-        np.testing.assert_array_equal(got.score.to_numpy(), want.score.to_numpy())
+        np.testing.assert_allclose(got.score.to_numpy(), want.score.to_numpy(), rtol=NUM_RTOL, atol=0)
         assert (got.budget.iloc[0], got.budget_count.iloc[0]) == (want.budget.iloc[0], want.budget_count.iloc[0]) or (
             pd.isna(got.budget_count.iloc[0]) and pd.isna(want.budget_count.iloc[0])
             and got.budget.iloc[0] == want.budget.iloc[0])
@@ -79,7 +87,7 @@ def test_outputs_equal_the_stored_outputs_of_the_previous_code(spark, inputs, tm
     ranking = read_delta(out / "removal_ranking")
     assert not ranking.duplicated(["method", "id"]).any()
 
-    # statistics, bit for bit
+    # statistics: counts exactly, moments to NUM_RTOL
     for table in ("statistics", "ngram_statistics"):
         if not (gold / f"{table}.parquet").exists():
             continue
@@ -91,7 +99,12 @@ def test_outputs_equal_the_stored_outputs_of_the_previous_code(spark, inputs, tm
             for domain in want.index:
                 a, b = got.loc[domain, col], want.loc[domain, col]
                 if isinstance(b, np.ndarray) or isinstance(b, list):
-                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{table}.{col}")
+                    b = np.asarray(b, dtype=float)  # entries near 0 of a covariance: relative to its scale
+                    np.testing.assert_allclose(np.asarray(a, dtype=float), b, rtol=NUM_RTOL,
+                                               atol=NUM_RTOL * float(np.abs(b).max(initial=0.0)),
+                                               err_msg=f"{table}.{col}")
+                elif isinstance(b, float):
+                    np.testing.assert_allclose(a, b, rtol=NUM_RTOL, err_msg=f"{table}.{col}")
                 else:
                     assert a == b, (table, col, domain)
 
@@ -115,8 +128,8 @@ def test_outputs_equal_the_stored_outputs_of_the_previous_code(spark, inputs, tm
     got = pd.DataFrame(report.summary)
     merged = want.merge(got, on=["method", "k"], suffixes=("_old", "_new"))
     assert len(merged) == len(want) == len(got)
-    np.testing.assert_array_equal(merged.threshold_old.to_numpy(dtype=float),
-                                  merged.threshold_new.to_numpy(dtype=float))
+    np.testing.assert_allclose(merged.threshold_new.to_numpy(dtype=float),
+                               merged.threshold_old.to_numpy(dtype=float), rtol=NUM_RTOL)
 
     # groups: per (method, k, group) diagnostics, and the weights
     if (gold / "group_diagnostics.parquet").exists():
