@@ -9,13 +9,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo demo-text test lint clean browser results bench cluster-env cluster-up cluster-down
+.PHONY: install demo demo-text test lint clean browser results bench cluster-env cluster-up cluster-down connect-up connect-down
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[spark,test,dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -62,9 +62,17 @@ cluster-up: $(STAMP)
 cluster-down: $(STAMP)
 	$(BIN)/python scripts/localcluster.py down --state-dir $(CLUSTER_DIR)
 
+# A Spark Connect server with Delta on 127.0.0.1 (README, "Spark Connect"); prints its sc:// URL.
+CONNECT_DIR ?= .connect
+connect-up: $(STAMP)
+	$(BIN)/python scripts/connectserver.py up --state-dir $(CONNECT_DIR)
+
+connect-down: $(STAMP)
+	$(BIN)/python scripts/connectserver.py down --state-dir $(CONNECT_DIR)
+
 lint: $(STAMP)
 	$(BIN)/ruff check lib jobs tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache bench-data dist
+	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache bench-data dist .connect

@@ -20,6 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # loca
 
 ARROW_BATCH = 7
 SHUFFLE_PARTITIONS = 4
+#: The command-line flags of the session's settings: an in-process ``main(..., launch=False)``
+#: joins the session and applies its config's settings to it, as under spark-submit, so a test
+#: that leaves them out changes the batches of every later test (see ``_session_untouched``).
+SESSION_ARGS = ["--shuffle-partitions", str(SHUFFLE_PARTITIONS), "--arrow-batch-size", str(ARROW_BATCH)]
+_WATCHED = {"spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH)}
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +39,18 @@ def spark(tmp_path_factory):
     session = get_session(cfg, launch=True)
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True)
+def _session_untouched(request):
+    """Fail the test that leaves the shared session with other shuffle partitions or Arrow
+    batches than the suite's (it happened: later golden runs then saw 10 000-row batches)."""
+    yield
+    if "spark" not in request.fixturenames:
+        return
+    conf = request.getfixturevalue("spark").conf
+    changed = {k: conf.get(k) for k, v in _WATCHED.items() if conf.get(k) != v}
+    assert not changed, f"the test changed the shared session's settings: {changed}; pass SESSION_ARGS"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

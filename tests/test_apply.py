@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import gaussian_tables, make_config, read_delta, read_sets
+from conftest import SESSION_ARGS, gaussian_tables, make_config, read_delta, read_sets
 from distunlearn.commands import cleaning as apply
 from distunlearn.commands.cli import main
 from distunlearn.commands.config import JobConfig
@@ -222,7 +222,7 @@ def test_cli_exit_codes(spark, run, tmp_path, capsys):
     running session is joined, not stopped)."""
     cfg, _ = run
     src = corpus(tmp_path / "corpus")
-    args = ["--shuffle-partitions", "4", "--arrow-batch-size", "7",  # the test session's settings
+    args = [*SESSION_ARGS,  # the test session's settings
             "--output", cfg.output, "--run-id", cfg.run_id, "--method", "lr_gauss", "--budget", "0.1",
             "--table", src]
     assert main(["verify", *args], launch=False) == 3

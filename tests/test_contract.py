@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import frame, gaussian_tables, make_config, read_delta, read_sets
+from conftest import SESSION_ARGS, frame, gaussian_tables, make_config, read_delta, read_sets
 from distunlearn.commands.cli import main
 from distunlearn.commands.run import run_pipeline
 from distunlearn.errors import InputError
@@ -98,7 +98,7 @@ def test_any_k_up_to_the_largest_is_read_from_the_ranking(spark, colliding):
 
 def test_export_to_delta_and_parquet(spark, colliding, tmp_path, capsys):
     cfg, _, xf, xr = colliding
-    base = ["--output", cfg.output, "--run-id", "d1", "--method", "lr_gauss", "--shuffle-partitions", "4"]
+    base = ["--output", cfg.output, "--run-id", "d1", "--method", "lr_gauss", *SESSION_ARGS]
     assert main(["export", *base, "--budget", "0.6", "--target", str(tmp_path / "d")], launch=False) == 0
     assert "export exported" in capsys.readouterr().out
     got = read_delta(tmp_path / "d").sort_values("rank")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -344,7 +346,20 @@ def _shuffle_partitions(spark: SparkSession) -> int:
 
 
 def _cores(spark: SparkSession) -> int:
-    return int(spark.sparkContext.defaultParallelism)
+    """Task slots, from the configuration only (a Spark Connect session has no SparkContext
+    to ask): spark.default.parallelism when set, else the N of local[N], else executors x
+    cores, else the shuffle partitions.  Only sizes the removal-set statistics pass."""
+    conf = spark.conf
+    if conf.get("spark.default.parallelism", None):
+        return int(conf.get("spark.default.parallelism"))  # type: ignore[arg-type]
+    master = conf.get("spark.master", None) or ""
+    local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master)
+    if local:
+        return 1 if local[1] is None else (os.cpu_count() or 1) if local[1] == "*" else int(local[1])
+    executors, cores = conf.get("spark.executor.instances", None), conf.get("spark.executor.cores", None)
+    if executors and cores:
+        return int(executors) * int(cores)
+    return _shuffle_partitions(spark)
 
 
 def _diagnose(forget: DataFrame, model: ScoringModel, options: Options, statistics: Statistics, plan: GroupPlan,

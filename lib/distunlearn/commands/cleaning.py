@@ -53,9 +53,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.utils import AnalysisException
 
 from distunlearn.commands.config import JobConfig
 from distunlearn.errors import CheckFailed, ConfigError, ConflictError, InputError
@@ -221,10 +222,9 @@ def _apply_copy(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
     events = _events(existing, name) if existing else []
     done = _last_action(events, ("apply",))
     if done is None:
-        ids = rs.ids.withColumnRenamed("id", "__removed_id")
-        cleaned = source.join(ids, source[id_col] == ids["__removed_id"], "left_anti")
+        cleaned = _match(source, id_col, rs.ids, "left_anti")
         before = source.count()
-        removed = source.join(ids, source[id_col] == ids["__removed_id"], "left_semi").count()
+        removed = _match(source, id_col, rs.ids, "left_semi").count()
         log.info("writing %s without %s (k = %d) to %s", cfg.table, name, rs.k, cfg.target)
         lake.write_copy(cleaned, cfg.target, lake.partition_columns(spark, cfg.table), name, _txn_version(events),
                         metadata(rs, "apply", mode="copy", source=cfg.table, rows_before=before,
@@ -255,7 +255,7 @@ def verify_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
     except AnalysisException as exc:
         raise InputError(f"{where!r} has no readable version {version} ({str(exc).splitlines()[0][:160]})") from exc
     id_col = _id_column(df, cfg, f"table {where!r}", rs)
-    readable = df.join(rs.ids, df[id_col] == rs.ids["id"], "left_semi").count()
+    readable = _match(df, id_col, rs.ids, "left_semi").count()
     out = Outcome("verify", "verified" if readable == 0 else "readable", where, version, readable=readable)
     applied = _last_action(_events(table, key(rs)), ("apply", "undo"))
     if applied is not None and applied["meta"]["action"] == "apply" and cfg.mode == "delete":
@@ -265,11 +265,19 @@ def verify_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
     return out
 
 
+def _match(table: DataFrame, id_col: str, ids: DataFrame, how: str) -> DataFrame:
+    """``table`` semi- or anti-joined with a removal set's ``ids`` on ``table[id_col]``.  The
+    condition names columns, not ``df[...]`` references: Spark Connect cannot resolve a
+    DataFrame's column reference inside a join of two plans that share a source."""
+    removed = ids.select(F.col("id").alias("__removed_id"))
+    return table.join(removed, F.col(f"`{id_col}`") == F.col("__removed_id"), how)
+
+
 def _time_travel_note(spark: SparkSession, table: Table, before: int, rs: RemovalSet, id_col: str) -> str:
     """Whether the rows can still be read by time travel to the version before the apply."""
     try:
         old = table.read(spark, before)
-        n = old.join(rs.ids, old[id_col] == rs.ids["id"], "left_semi").count()
+        n = _match(old, id_col, rs.ids, "left_semi").count()
     except Exception as exc:  # files vacuumed, or the log entry expired
         return f"version {before} is no longer readable ({type(exc).__name__}): the rows are purged"
     return (f"time travel to version {before} still reads {n} of them until purge and VACUUM remove "

@@ -182,6 +182,9 @@ class JobConfig:
     report_sample_rows: int = _f(5000, "report: rows sampled from each table for the score histograms")
     # --- Spark
     master: str = _f("local[2]", "Spark master URL; ignored under spark-submit, which sets it")
+    remote: str = _f("", "Spark Connect endpoint, sc://HOST:PORT (Databricks serverless, standard "
+                         "access mode, any Connect server): run there instead of launching Spark; "
+                         "empty: $SPARK_REMOTE when set")
     shuffle_partitions: int = _f(8, "spark.sql.shuffle.partitions")
     arrow_batch_size: int = _f(10000, "rows per Arrow batch handed to the numpy kernels "
                                       "(spark.sql.execution.arrow.maxRecordsPerBatch)")

@@ -90,6 +90,9 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
     """
     from pyspark.sql import SparkSession
 
+    remote = cfg.remote or os.environ.get("SPARK_REMOTE", "")
+    if remote:
+        return connect_session(cfg, remote)
     conf = session_settings(cfg, launch)
     if launch:
         # The JVM reads these when it starts the Python workers (local mode) and passes them
@@ -111,17 +114,80 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
             f"and the Delta jars ({where}): check network access to Maven Central or pass "
             f"--delta-jars with local copies; Spark's own messages are above"
         ) from exc
-    from py4j.java_gateway import JavaClass
-
-    # py4j answers a JavaClass for a loadable class and a JavaPackage placeholder otherwise;
-    # it looks through Spark's class loader, which holds the --packages/--jars classes.
-    jvm = spark.sparkContext._jvm  # py4j is the only way to ask the JVM
-    if jvm is None or not isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
-        raise EnvironmentSetupError(
-            "Delta Lake classes are not on the classpath: launch with "
-            f"spark-submit --packages {DELTA_PACKAGE} (or --jars with local Delta jars)"
-        )
-    spark.sparkContext.setLogLevel("WARN")
-    log.info("Spark %s, master %s, Delta %s, python %s", spark.version, spark.sparkContext.master,
+    check_delta(spark, f"launch with spark-submit --packages {DELTA_PACKAGE} (or --jars with local Delta jars)")
+    spark.sparkContext.setLogLevel("WARN")  # a classic session: the JVM this process launched or joined
+    log.info("Spark %s, master %s, Delta %s, python %s", spark.version, spark.conf.get("spark.master"),
              DELTA_VERSION, sys.executable)
     return spark
+
+
+#: Settings a Spark Connect client may set on its session (SQL settings); the rest of
+#: :func:`session_settings` (extensions, catalog, executor environment) belong to the server.
+_CONNECT_SETTINGS = ("spark.sql.shuffle.partitions", "spark.sql.execution.arrow.maxRecordsPerBatch",
+                     "spark.sql.session.timeZone", "spark.databricks.delta.deletionVectors.useMetadataRowIndex")
+
+
+def connect_session(cfg: JobConfig, remote: str):  # -> pyspark.sql.connect SparkSession
+    """A Spark Connect session on ``remote`` (sc://HOST:PORT[/;params]) with the run's SQL
+    settings.  The server brings Delta (its --packages and the two Delta session settings)
+    and one BLAS thread per Python worker (its spark.executorEnv.*); README, "Spark Connect"."""
+    if not remote.startswith("sc://"):
+        raise EnvironmentSetupError(f"--remote {remote!r}: a Spark Connect endpoint starts with sc:// "
+                                    "(for example sc://127.0.0.1:15002)")
+    from pyspark.sql import SparkSession
+
+    _reachable(remote)
+    try:
+        import pyspark.sql.connect.session  # noqa: F401
+    except ImportError as exc:  # grpcio and friends: pyspark's [connect] extra
+        raise EnvironmentSetupError(f"Spark Connect needs pyspark's connect extra ({exc}); "
+                                    "pip install 'distunlearn[spark]' or 'pyspark[connect]'") from exc
+    try:
+        # pyspark's own builder, not pyspark.sql.connect's: it also switches pyspark.sql.functions
+        # to their Connect versions (SPARK_CONNECT_MODE_ENABLED), which F.col and friends check.
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        settings = session_settings(cfg, launch=False)
+        for key in _CONNECT_SETTINGS:
+            spark.conf.set(key, settings[key])
+        for key, value in cfg.spark_conf.items():
+            spark.conf.set(key, value)
+        version = spark.version
+    except Exception as exc:  # grpc errors: SparkConnectGrpcException, connection refused
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise EnvironmentSetupError(f"could not use the Spark Connect server at {remote}: {first}") from exc
+    check_delta(spark, "start the Connect server with the Delta package and the two Delta session "
+                       "settings (README, \"Spark Connect\")")
+    log.info("Spark %s over Spark Connect at %s, python %s", version, remote, sys.executable)
+    return spark
+
+
+def _reachable(remote: str, timeout: float = 10.0) -> None:
+    """EnvironmentSetupError unless something accepts TCP connections at the endpoint: the
+    Connect client itself retries a refused connection for minutes before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse("http://" + remote[len("sc://"):].split("/", 1)[0])
+    host, port = parsed.hostname or "", parsed.port or 15002  # 15002: Spark Connect's default port
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise EnvironmentSetupError(f"no Spark Connect server answers at {remote} ({host}:{port}: "
+                                    f"{exc.strerror or type(exc).__name__})") from exc
+
+
+def check_delta(spark, hint: str) -> None:
+    """EnvironmentSetupError unless the session runs Delta's SQL: DESCRIBE HISTORY of a path
+    that holds no table answers "not a Delta table" with Delta, a parse or data-source error
+    without it.  SQL, so the same check works on a classic and a Connect session."""
+    from pyspark.errors import PySparkException
+
+    probe = "/nonexistent/distunlearn-delta-probe"
+    try:
+        spark.sql(f"DESCRIBE HISTORY delta.`{probe}`").collect()
+    except PySparkException as exc:
+        if str(exc.getCondition() or "").startswith("DELTA_"):
+            return
+        first = str(exc).strip().splitlines()[0][:160]
+        raise EnvironmentSetupError(f"Delta Lake is not available in this Spark session ({first}): {hint}") from exc
+    raise EnvironmentSetupError(f"Delta Lake probe answered for {probe!r}; expected no table there")

@@ -52,11 +52,13 @@ def check_schema(spark: SparkSession, schema: StructType, path: str) -> None:
 
 def last_commit(spark: SparkSession, path: str) -> tuple[int, str]:
     """Version and numOutputRows of the table's last commit (from the log; no data is read)."""
-    from delta.tables import DeltaTable
+    from distunlearn.store.sources import delta_ref, history
 
-    last = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
-    metrics = (last[1] or {}) if last else {}
-    return (int(last[0]) if last else -1), str(metrics.get("numOutputRows", "?"))
+    rows = history(spark, delta_ref(path), 1)
+    if not rows:
+        return -1, "?"
+    metrics = rows[0]["operationMetrics"] or {}
+    return int(rows[0]["version"]), str(metrics.get("numOutputRows", "?"))
 
 
 def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",),

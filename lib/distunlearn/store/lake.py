@@ -4,23 +4,25 @@ and VACUUM.  Why and when each runs (idempotency, conservation) is
 :mod:`distunlearn.commands.cleaning`.
 
 Every commit carries ``userMetadata`` (JSON; :data:`TOOL` marks this tool's), set through the
-session settings for SQL and DeltaTable operations, and as a writer option for the copy.
+session settings for the SQL commands, and as a writer option for the copy.  Every
+operation is SQL (no delta-spark DeltaTable), so it runs the same on Spark Connect.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.utils import AnalysisException
 
 from distunlearn.errors import InputError
-from distunlearn.store.sources import first_row, is_delta, is_path
+from distunlearn.store.sources import delta_ref, first_row, history, is_delta, is_path
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,20 @@ def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None
 
 @dataclass(frozen=True)
 class Table:
-    """A Delta table to clean: its handle, a name for messages, and how SQL names it."""
+    """A Delta table to clean: a name for messages, how SQL names it, and its session."""
 
     name: str
     sql: str
-    handle: Any  # delta.tables.DeltaTable
+    spark: SparkSession
+
+    def _history(self, limit: int | None = None) -> list[Any]:
+        rows = history(self.spark, self.sql, limit)
+        if rows is None:
+            raise InputError(f"{self.name!r} is no longer a Delta table")
+        return rows
 
     def version(self) -> int:
-        return int(first_row(self.handle.history(1).select("version"))[0])
+        return int(self._history(1)[0]["version"])
 
     def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
         if self.sql.startswith("delta.`"):
@@ -69,7 +77,7 @@ class Table:
     def history(self) -> list[dict[str, Any]]:
         """Commits, oldest first, with ``userMetadata`` parsed when it is this tool's JSON."""
         out = []
-        for r in self.handle.history().select("version", "operation", "operationMetrics", "userMetadata").collect():
+        for r in self._history():
             meta = None
             try:
                 parsed = json.loads(r["userMetadata"]) if r["userMetadata"] else None
@@ -87,12 +95,18 @@ class Table:
     def merge_delete(self, spark: SparkSession, ids: DataFrame, id_col: str, settings: dict[str, str]) -> None:
         """``MERGE INTO table USING ids ON id WHEN MATCHED THEN DELETE``, one commit, with the
         session ``settings`` (txnAppId/txnVersion, userMetadata)."""
-        with session_conf(spark, settings):
-            self.handle.alias("t").merge(ids.alias("r"), f"t.`{id_col}` = r.id").whenMatchedDelete().execute()
+        view = f"distunlearn_ids_{uuid.uuid4().hex}"  # a temp view: SQL MERGE needs a name for ``ids``
+        ids.createOrReplaceTempView(view)
+        try:
+            with session_conf(spark, settings):
+                spark.sql(f"MERGE INTO {self.sql} AS t USING {view} AS r ON t.`{id_col}` = r.id "
+                          "WHEN MATCHED THEN DELETE")
+        finally:
+            spark.catalog.dropTempView(view)
 
     def restore(self, spark: SparkSession, version: int, metadata: str) -> None:
         with session_conf(spark, {USER_METADATA: metadata}):
-            self.handle.restoreToVersion(version)
+            spark.sql(f"RESTORE TABLE {self.sql} TO VERSION AS OF {int(version)}")
 
     def reorg_purge(self, spark: SparkSession, metadata: str) -> None:
         """``REORG TABLE ... APPLY (PURGE)``: rewrite the files carrying deletion vectors."""
@@ -107,18 +121,19 @@ class Table:
 
 def open_delta(spark: SparkSession, source: str, what: str = "table") -> Table:
     """The Delta table at a path or catalog name (InputError otherwise)."""
-    from delta.tables import DeltaTable
-
     if is_path(source):
         if not is_delta(spark, source):
             raise InputError(f"{what} {source!r} is not a Delta table (apply --mode delete, undo and purge "
                              "need one; --mode copy also reads Parquet)")
-        return Table(source, f"delta.`{source}`", DeltaTable.forPath(spark, source))
+        return Table(source, delta_ref(source), spark)
     try:
-        return Table(source, source, DeltaTable.forName(spark, source))
-    except AnalysisException as exc:
+        found = history(spark, source, 1)
+    except AnalysisException as exc:  # not a table name SQL can parse
         raise InputError(f"{what} {source!r} is not a Delta table in the catalog "
                          f"({str(exc).splitlines()[0][:160]})") from exc
+    if found is None:
+        raise InputError(f"{what} {source!r} is not a Delta table in the catalog")
+    return Table(source, source, spark)
 
 
 def partition_columns(spark: SparkSession, source: str) -> list[str]:
@@ -126,7 +141,7 @@ def partition_columns(spark: SparkSession, source: str) -> list[str]:
     if is_path(source) and not is_delta(spark, source):
         return []
     try:
-        ref = f"delta.`{source}`" if is_path(source) else source
+        ref = delta_ref(source) if is_path(source) else source
         return list(first_row(spark.sql(f"DESCRIBE DETAIL {ref}"))["partitionColumns"])
     except AnalysisException:
         return []

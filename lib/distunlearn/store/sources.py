@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from urllib.parse import unquote
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
-from pyspark.sql.utils import AnalysisException
 
 from distunlearn.errors import InputError
 
@@ -33,28 +33,46 @@ def first_row(df: DataFrame) -> Row:
     return row
 
 
-def is_delta(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
+#: Error conditions of DESCRIBE HISTORY that mean "no Delta table there" (a missing path, a
+#: Parquet folder, a catalog table in another format or none at all).
+NOT_DELTA = frozenset({"DELTA_TABLE_ONLY_OPERATION", "DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND",
+                       "DELTA_PATH_DOES_NOT_EXIST", "PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND"})
 
-    return bool(DeltaTable.isDeltaTable(spark, path))
+
+def delta_ref(path: str) -> str:
+    """How SQL names the Delta table at ``path``."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def history(spark: SparkSession, ref: str, limit: int | None = None) -> list[Row] | None:
+    """``DESCRIBE HISTORY`` of a Delta table (``ref`` as SQL names it), newest first; None when
+    ``ref`` is not a Delta table.  SQL, not delta-spark's DeltaTable: it needs no Python-side
+    Delta package and runs the same on Spark Connect, where DeltaTable needs a server plugin."""
+    try:
+        return spark.sql(f"DESCRIBE HISTORY {ref}" + ("" if limit is None else f" LIMIT {limit}")).collect()
+    except AnalysisException as exc:
+        if exc.getCondition() in NOT_DELTA:
+            return None
+        raise
+
+
+def last_version(spark: SparkSession, ref: str) -> int | None:
+    """The version of a Delta table's last commit; None for anything else."""
+    rows = history(spark, ref, 1)
+    return None if not rows else int(rows[0]["version"])
+
+
+def is_delta(spark: SparkSession, path: str) -> bool:
+    return last_version(spark, delta_ref(path)) is not None
 
 
 def delta_version(spark: SparkSession, source: str) -> int | None:
     """The current version of a Delta table (path or catalog name); None for anything else."""
-    from delta.tables import DeltaTable
-
     if is_path(source):
-        if not is_delta(spark, source):
-            return None
-        handle = DeltaTable.forPath(spark, source)
-    else:
-        if not spark.catalog.tableExists(source):
-            return None
-        try:
-            handle = DeltaTable.forName(spark, source)
-        except AnalysisException:  # a catalog table in another format
-            return None
-    return int(first_row(handle.history(1).select("version"))[0])
+        return last_version(spark, delta_ref(source))
+    if not spark.catalog.tableExists(source):
+        return None
+    return last_version(spark, source)
 
 
 def read_source(spark: SparkSession, source: str, domain: str, version: int | None = None) -> DataFrame:

@@ -1,5 +1,6 @@
 """Distributed sufficient statistics (Spark DataFrame -> values): one mapInArrow pass per
-table, the per-partition results merged with treeAggregate.
+table, the per-partition results merged by :func:`~distunlearn.transforms.merge.tree_merge`
+(DataFrame operations only, so it runs on Spark Connect).
 
 * :func:`domain_stats`: the Gaussian statistics of a table's valid rows, with its validity
   counts, and per group when the table has a ``group`` column (one pass for both);
@@ -9,8 +10,8 @@ table, the per-partition results merged with treeAggregate.
 
 Each partition turns its Arrow batches into float64 matrices (a reshape, see
 :mod:`distunlearn.core.batches`), accumulates :class:`~distunlearn.core.stats.GaussianStats`
-with the pairwise merge, and emits a few rows of bytes; ``treeAggregate`` (depth 2) combines
-them so the driver receives one d x d matrix per reducer instead of one per partition.
+with the pairwise merge, and emits a few rows of bytes; a two-level tree of sorted folds
+combines them so the driver receives one d x d matrix per key instead of one per partition.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ from distunlearn.core.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.core.stats import DomainStats, GaussianStats
 from distunlearn.core.text import GRAMS, NgramStats, grams_of
 from distunlearn.errors import InputError
+from distunlearn.transforms.merge import Merger, tree_merge
 from distunlearn.transforms.prepare import FEATURES, GROUP, ID
 from distunlearn.transforms.score import gumbel_noise, random_score, score_batches, scoring_columns
 
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 _COUNT_FIELDS = ("rows", "null_arrays", "null_elements", "nonfinite", "min_len", "max_len")
 _GUMBEL = "_gumbel"
 _DOMAIN_SCHEMA = "total boolean, grp string, " + ", ".join(f"{n} long" for n in _COUNT_FIELDS) + ", stats binary"
-
-K = TypeVar("K")
-
 
 # ---------------------------------------------------------------------- Gaussian statistics
 def _partition_stats(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -79,34 +77,36 @@ def _partition_stats(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBat
         yield pa.RecordBatch.from_arrays(arrays, names=["total", "grp", *_COUNT_FIELDS, "stats"])
 
 
-_Keyed = dict[tuple[bool, str | None], tuple[InputCounts, GaussianStats | None]]
+_Partial = tuple[InputCounts, GaussianStats | None]
 
 
-def _decode(row: tuple[object, ...]) -> _Keyed:
-    counts = InputCounts(*(int(v) for v in row[2:8]))  # type: ignore[call-overload]
-    payload = bytes(row[8])  # type: ignore[call-overload]
+def _decode_partial(values: tuple[object, ...]) -> _Partial:
+    counts = InputCounts(*(int(v) for v in values[:6]))  # type: ignore[call-overload]
+    payload = bytes(values[6])  # type: ignore[call-overload]
     stats = None
     if payload:
         flat = np.frombuffer(payload, dtype=np.float64)
         stats = GaussianStats.from_flat(flat, int(round(np.sqrt(len(flat) - 1))) - 1)  # len = 2 + 2d + d^2
-    return {(bool(row[0]), row[1]): (counts, stats)}  # type: ignore[dict-item]
+    return counts, stats
 
 
-def _combine(a: _Keyed, b: _Keyed) -> _Keyed:
-    out = dict(a)
-    for key, (counts, stats) in b.items():
-        if key not in out:
-            out[key] = (counts, stats)
-            continue
-        c0, s0 = out[key]
-        if s0 is None or stats is None:
-            merged = s0 if stats is None else stats
-        elif s0.dim != stats.dim:  # ragged across partitions: reported by counts.check
-            merged = s0
-        else:
-            merged = s0.merge(stats)
-        out[key] = (c0.merge(counts), merged)
-    return out
+def _combine_partial(a: _Partial, b: _Partial) -> _Partial:
+    (c0, s0), (c1, s1) = a, b
+    if s0 is None or s1 is None:
+        merged = s0 if s1 is None else s1
+    elif s0.dim != s1.dim:  # ragged across partitions: reported by counts.check
+        merged = s0
+    else:
+        merged = s0.merge(s1)
+    return c0.merge(c1), merged
+
+
+def _encode_partial(value: _Partial) -> tuple[object, ...]:
+    counts, stats = value
+    return (*(getattr(counts, n) for n in _COUNT_FIELDS), b"" if stats is None else stats.to_flat().tobytes())
+
+
+_DOMAIN_MERGER: Merger[_Partial] = Merger(_decode_partial, _combine_partial, _encode_partial)
 
 
 def domain_stats(df: DataFrame, domain: str, feature_col: str, on_invalid: str) -> DomainStats:
@@ -120,7 +120,7 @@ def domain_stats(df: DataFrame, domain: str, feature_col: str, on_invalid: str) 
     start = time.monotonic()
     columns = [FEATURES, GROUP] if GROUP in df.columns else [FEATURES]
     parts = df.select(*columns).mapInArrow(_partition_stats, _DOMAIN_SCHEMA)
-    merged: _Keyed = parts.rdd.map(tuple).map(_decode).treeAggregate({}, _combine, _combine, depth=2)
+    merged = tree_merge(parts, ["total", "grp"], _DOMAIN_MERGER)
     counts, stats = merged.get((True, None), (InputCounts(), None))
     counts.check(domain, feature_col, on_invalid)
     if stats is None or stats.n == 0:
@@ -174,8 +174,11 @@ def ngram_stats(df: DataFrame, domain: str, text_col: str, buckets: int) -> Ngra
     def combine(a: tuple[NgramStats, int], b: tuple[NgramStats, int]) -> tuple[NgramStats, int]:
         return a[0].merge(b[0]), a[1] + b[1]
 
-    stats, nulls = parts.rdd.map(tuple).map(decode).treeAggregate((NgramStats.empty(buckets), 0), combine, combine,
-                                                                 depth=2)
+    def encode(v: tuple[NgramStats, int]) -> tuple[int, int, bytes, bytes]:
+        return v[0].n_docs, v[1], v[0].counts.tobytes(), v[0].doc_freq.tobytes()
+
+    merged = tree_merge(parts, [], Merger(decode, combine, encode))  # type: ignore[arg-type]
+    stats, nulls = merged.get((), (NgramStats.empty(buckets), 0))
     if nulls:
         raise InputError(f"text column {text_col!r} of the {domain} table has {nulls} null values")
     if stats.n_docs == 0:
@@ -209,14 +212,6 @@ def _bucket_of(scores: np.ndarray, ids: pa.Array, bounds: list[tuple[float, obje
             inside |= tie & le
         outside += ~inside
     return outside
-
-
-def _merge_keyed(a: dict[K, GaussianStats], b: dict[K, GaussianStats]) -> dict[K, GaussianStats]:
-    """treeAggregate's combiner of keyed statistics: the union, merging equal keys."""
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = out[key].merge(value) if key in out else value
-    return out
 
 
 def _bucket_aggregator(model: ScoringModel, methods: tuple[str, ...], bounds: Bounds) -> ArrowUdf:
@@ -275,16 +270,13 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     # 4 methods and 20 budgets at d = 384 that was 1.2 GB of pickled statistics through
     # treeAggregate, which took most of this pass (profiled with py-spy, docs/BENCHMARKS.md).
     # One task per core keeps the output at #cores x blobs; coalesce does not shuffle.
-    source = forget.select(*cols)
-    if source.rdd.getNumPartitions() > cores:
-        source = source.coalesce(cores)
+    source = forget.select(*cols).coalesce(cores)  # no-op when it has fewer partitions
     parts = source.mapInArrow(_bucket_aggregator(model, methods, bounds),
                               "method string, grp string, bucket long, stats binary")
 
-    def decode(row: tuple[str, str | None, int, bytes]) -> dict[tuple[str, str | None, int], GaussianStats]:
-        return {(row[0], row[1], int(row[2])): GaussianStats.from_flat(np.frombuffer(bytes(row[3]), np.float64), dim)}
-
-    zero: dict[tuple[str, str | None, int], GaussianStats] = {}
-    merged = parts.rdd.map(tuple).map(decode).treeAggregate(zero, _merge_keyed, _merge_keyed, depth=2)
+    merger: Merger[GaussianStats] = Merger(
+        lambda v: GaussianStats.from_flat(np.frombuffer(bytes(v[0]), np.float64), dim),
+        GaussianStats.merge, lambda s: (s.to_flat().tobytes(),))
+    merged = tree_merge(parts, ["method", "grp", "bucket"], merger)
     log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
     return merged

@@ -1,0 +1,49 @@
+"""The DataFrame tree merge (distunlearn.transforms.merge) that replaced treeAggregate: every
+partial folded once, per key, in input-partition order, through both levels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pytest
+
+from distunlearn.transforms.merge import Merger, tree_merge
+
+# A fold that is not commutative: concatenation shows both that every partial is folded
+# exactly once and the order in which it was folded.
+CONCAT: Merger[str] = Merger(lambda v: v[0], lambda a, b: a + b, lambda s: (s,))
+
+
+def _partials(spark, partitions: int, keys: tuple[str, ...], skip_every: int):
+    """``partitions`` input partitions; partition p emits '<p>,' under every key, except the
+    partitions p with p % skip_every == 0, which emit nothing (an empty partition)."""
+
+    def emit(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        p = TaskContext.get().partitionId()  # type: ignore[union-attr]
+        for _ in batches:
+            pass
+        if p % skip_every:
+            yield pa.RecordBatch.from_pylist([{"key": k, "value": f"{p},"} for k in reversed(keys)])
+
+    return spark.range(0, partitions, numPartitions=partitions).mapInArrow(emit, "key string, value string")
+
+
+@pytest.mark.parametrize("partitions,fan", [(70, 4), (5, 32), (33, 32)])
+def test_every_partial_is_folded_once_per_key_in_partition_order(spark, partitions, fan):
+    keys = ("b", "a", None)
+    merged = tree_merge(_partials(spark, partitions, keys, skip_every=3), ["key"], CONCAT, fan=fan)
+    want = "".join(f"{p}," for p in range(partitions) if p % 3)
+    assert merged == {(k,): want for k in keys}
+
+
+def test_no_keys_folds_everything_into_one_value(spark):
+    parts = _partials(spark, 9, ("x",), skip_every=4).select("value")
+    assert tree_merge(parts, [], CONCAT, fan=2) == {(): "".join(f"{p}," for p in range(9) if p % 4)}
+
+
+def test_no_partials_give_an_empty_result(spark):
+    parts = _partials(spark, 3, ("x",), skip_every=1)
+    assert tree_merge(parts, ["key"], CONCAT) == {}
