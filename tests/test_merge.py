@@ -31,7 +31,7 @@ def _partials(spark, partitions: int, keys: tuple[str, ...], skip_every: int):
     return spark.range(0, partitions, numPartitions=partitions).mapInArrow(emit, "key string, value string")
 
 
-@pytest.mark.parametrize("partitions,fan", [(70, 4), (5, 32), (33, 32)])
+@pytest.mark.parametrize("partitions,fan", [(70, 4), (5, 32), (33, 32), (7, None)])
 def test_every_partial_is_folded_once_per_key_in_partition_order(spark, partitions, fan):
     keys = ("b", "a", None)
     merged = tree_merge(_partials(spark, partitions, keys, skip_every=3), ["key"], CONCAT, fan=fan)

@@ -82,10 +82,13 @@ def _fold(merger: Merger[V], keys: Sequence[str], values: Sequence[str], schema:
     return run
 
 
-def tree_merge(parts: DataFrame, keys: Sequence[str], merger: Merger[V], fan: int = FAN) -> dict[tuple[Any, ...], V]:
+def tree_merge(parts: DataFrame, keys: Sequence[str], merger: Merger[V],
+               fan: int | None = FAN) -> dict[tuple[Any, ...], V]:
     """The partial rows of ``parts`` (key columns ``keys``, every other column a value)
     folded per key: {key tuple: decoded value}.  ``parts`` must not be re-partitioned
-    between its partial-emitting step and this call (the partition number is the order)."""
+    between its partial-emitting step and this call (the partition number is the order).
+    ``fan=None`` skips level 1, for callers that know ``parts`` has few partitions: each
+    key's partials then go straight to one level-2 task (one shuffle less)."""
     values = [c for c in parts.columns if c not in keys]
     schema: T.StructType = parts.schema
     out_schema = T.StructType([*(schema[k] for k in keys), T.StructField(_ORDER, T.LongType()),
@@ -94,9 +97,12 @@ def tree_merge(parts: DataFrame, keys: Sequence[str], merger: Merger[V], fan: in
     ordered = parts.select(*keys, F.spark_partition_id().cast("long").alias(_ORDER), *values)
 
     by_key = [F.col(k) for k in keys]
-    level1 = (ordered.repartition(F.floor(F.col(_ORDER) / fan))
-              .sortWithinPartitions(*by_key, _ORDER)
-              .mapInArrow(_fold(merger, keys, values, arrow_schema, lambda o: o // fan), out_schema))
+    level1 = ordered
+    if fan is not None:
+        step = fan
+        level1 = (ordered.repartition(F.floor(F.col(_ORDER) / step))
+                  .sortWithinPartitions(*by_key, _ORDER)
+                  .mapInArrow(_fold(merger, keys, values, arrow_schema, lambda o: o // step), out_schema))
     level2 = level1.repartition(*by_key) if keys else level1.repartition(1)
     final = (level2.sortWithinPartitions(*by_key, _ORDER)
              .mapInArrow(_fold(merger, keys, values, arrow_schema, lambda o: 0), out_schema))

@@ -277,6 +277,8 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     merger: Merger[GaussianStats] = Merger(
         lambda v: GaussianStats.from_flat(np.frombuffer(bytes(v[0]), np.float64), dim),
         GaussianStats.merge, lambda s: (s.to_flat().tobytes(),))
-    merged = tree_merge(parts, ["method", "grp", "bucket"], merger)
+    # At most `cores` partials per key (the coalesce above): one level, no level-1 shuffle of
+    # the d x d blobs (that level cost 5-10 s of this pass at 1M x 384, docs/BENCHMARKS.md).
+    merged = tree_merge(parts, ["method", "grp", "bucket"], merger, fan=None)
     log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
     return merged
