@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -151,11 +152,13 @@ def test_evaluate_and_report_over_connect(spark, server, features_run, tmp_path)
     connect_eval = read_delta(out / "evaluation")
     assert classic(spark, ["evaluate", *base]) == 0  # replaces the run's rows: compare with what Connect wrote
     classic_eval = read_delta(out / "evaluation")
-    key = [c for c in ("method", "budget", "budget_count", "k", "model", "seed") if c in classic_eval.columns]
-    drop = [c for c in classic_eval.columns if c in VOLATILE]
-    pd.testing.assert_frame_equal(connect_eval.drop(columns=drop).sort_values(key).reset_index(drop=True),
-                                  classic_eval.drop(columns=drop).sort_values(key).reset_index(drop=True),
-                                  check_exact=True)
+    key = ["method", "budget", "budget_count", "k"]
+    got, want = (df.sort_values(key).reset_index(drop=True) for df in (connect_eval, classic_eval))
+    # retain_log_loss is a Spark SUM over the held-out rows: its partial sums are added in the
+    # order the shuffle delivers them, which moves the last bits between any two runs (classic
+    # ones too); everything else, counts and the models' accuracies, is identical.
+    np.testing.assert_allclose(got.pop("retain_log_loss"), want.pop("retain_log_loss"), rtol=1e-12)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
     html = tmp_path / "report.html"
     done = over_connect(server, ["report", *base, "--html", str(html)])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -164,7 +167,8 @@ def test_evaluate_and_report_over_connect(spark, server, features_run, tmp_path)
 
 
 @pytest.mark.parametrize("remote,message", [
-    ("http://127.0.0.1:15002", "--remote 'http://127.0.0.1:15002': a Spark Connect endpoint starts with sc://"),
+    ("http://127.0.0.1:15002", "--remote 'http://127.0.0.1:15002': a Spark Connect endpoint starts with sc:// "
+                                "(for example sc://127.0.0.1:15002)"),
     ("sc://127.0.0.1:1", "no Spark Connect server answers at sc://127.0.0.1:1 (127.0.0.1:1: Connection refused)"),
 ])
 def test_a_bad_endpoint_is_one_line_and_exit_2(tmp_path, remote, message):
