@@ -174,19 +174,19 @@ def _conservation(before: int, removed: int, after: int, where: str) -> None:
 
 def _apply_delete(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
     table = open_delta(spark, cfg.table)
-    id_col = _id_column(table.read(spark), cfg, f"table {cfg.table!r}", rs)
+    id_col = _id_column(table.read(), cfg, f"table {cfg.table!r}", rs)
     name = key(rs)
     events = _events(table, name)
     done = _current_apply(events)
     if done is None:
         if cfg.enable_deletion_vectors:
-            table.enable_deletion_vectors(spark)
+            table.enable_deletion_vectors()
         settings = {TXN_APP_ID: name, TXN_VERSION: str(_txn_version(events)),
                     USER_METADATA: metadata(rs, "apply", mode="delete")}
         log.info("applying %s (k = %d) to %s with MERGE ... DELETE", name, rs.k, table.name)
         outcome = "committed"
         try:
-            table.merge_delete(spark, rs.ids, id_col, settings)
+            table.merge_delete(rs.ids, id_col, settings)
         except Exception as exc:
             if delta_conflict(exc) is None:
                 raise
@@ -205,7 +205,7 @@ def _apply_delete(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcom
         commit, outcome = done, "already_applied"
     version = commit["version"]
     removed = int(commit["metrics"].get("numTargetRowsDeleted", 0))
-    before, after = table.read(spark, version - 1).count(), table.read(spark, version).count()
+    before, after = table.read(version - 1).count(), table.read(version).count()
     _conservation(before, removed, after, f"{table.name} version {version}")
     if removed != rs.k:
         log.warning("%d of the %d ids of %s were in %s (the others were not there)", removed, rs.k, name,
@@ -235,7 +235,7 @@ def _apply_copy(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
     else:
         outcome = "already_applied"
     meta = done["meta"]
-    after = open_delta(spark, cfg.target, "target").read(spark, done["version"]).count()
+    after = open_delta(spark, cfg.target, "target").read(done["version"]).count()
     _conservation(int(meta["rows_before"]), int(meta["rows_removed"]), after, f"{cfg.target} version {done['version']}")
     return Outcome("apply", outcome, cfg.target, done["version"], int(meta["rows_before"]),
                    int(meta["rows_removed"]), after, note=f"copy of {cfg.table}")
@@ -251,7 +251,7 @@ def verify_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
     table = open_delta(spark, where)
     version = table.version() if cfg.as_of < 0 else cfg.as_of
     try:
-        df = table.read(spark, version)
+        df = table.read(version)
     except AnalysisException as exc:
         raise InputError(f"{where!r} has no readable version {version} ({str(exc).splitlines()[0][:160]})") from exc
     id_col = _id_column(df, cfg, f"table {where!r}", rs)
@@ -276,7 +276,7 @@ def _match(table: DataFrame, id_col: str, ids: DataFrame, how: str) -> DataFrame
 def _time_travel_note(spark: SparkSession, table: Table, before: int, rs: RemovalSet, id_col: str) -> str:
     """Whether the rows can still be read by time travel to the version before the apply."""
     try:
-        old = table.read(spark, before)
+        old = table.read(before)
         n = _match(old, id_col, rs.ids, "left_semi").count()
     except Exception as exc:  # files vacuumed, or the log entry expired
         return f"version {before} is no longer readable ({type(exc).__name__}): the rows are purged"
@@ -309,7 +309,7 @@ def undo_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
                              "it too (pass --force to restore anyway)")
         log.info("restoring %s to version %d (before the apply of %s)", table.name, applied - 1, name)
         try:
-            table.restore(spark, applied - 1, metadata(rs, "undo", restored_version=applied - 1))
+            table.restore(applied - 1, metadata(rs, "undo", restored_version=applied - 1))
         except Exception as exc:
             text = str(exc)
             if "DELTA_CANNOT_RESTORE" in text or "FileNotFound" in text or "missing" in text.lower():
@@ -319,8 +319,8 @@ def undo_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
         done = _last_action(_events(table, name), ("undo",))
         assert done is not None
         out = Outcome("undo", "committed", table.name, done["version"])
-    before = table.read(spark, out.table_version - 1).count()
-    after = table.read(spark, out.table_version).count()
+    before = table.read(out.table_version - 1).count()
+    after = table.read(out.table_version).count()
     out.rows_before, out.rows_after = before, after
     log.info("%s", out.line())
     record(spark, cfg, rs, out)
@@ -331,9 +331,9 @@ def undo_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
 def purge(spark: SparkSession, cfg: JobConfig) -> Outcome:
     """Physically remove deleted rows: REORG ... APPLY (PURGE), then VACUUM."""
     table = open_delta(spark, cfg.table)
-    table.reorg_purge(spark, json.dumps({"tool": TOOL, "action": "purge", "retention_hours": cfg.retention_hours}))
+    table.reorg_purge(json.dumps({"tool": TOOL, "action": "purge", "retention_hours": cfg.retention_hours}))
     try:
-        table.vacuum(spark, cfg.retention_hours, check_retention=not cfg.ignore_retention_check)
+        table.vacuum(cfg.retention_hours, check_retention=not cfg.ignore_retention_check)
     except Exception as exc:
         if "retentionDurationCheck" in str(exc) or "DELTA_VACUUM_RETENTION" in str(exc):
             raise ConfigError(f"VACUUM retention {cfg.retention_hours:g} h is below the table's "

@@ -65,14 +65,14 @@ class Table:
     def version(self) -> int:
         return int(self._history(1)[0]["version"])
 
-    def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
+    def read(self, version: int | None = None) -> DataFrame:
         if self.sql.startswith("delta.`"):
-            reader = spark.read.format("delta")
+            reader = self.spark.read.format("delta")
             if version is not None:
                 reader = reader.option("versionAsOf", version)
             return reader.load(self.name)
         suffix = "" if version is None else f" VERSION AS OF {version}"
-        return spark.sql(f"SELECT * FROM {self.sql}{suffix}")
+        return self.spark.sql(f"SELECT * FROM {self.sql}{suffix}")
 
     def history(self) -> list[dict[str, Any]]:
         """Commits, oldest first, with ``userMetadata`` parsed when it is this tool's JSON."""
@@ -89,34 +89,34 @@ class Table:
         return sorted(out, key=lambda c: c["version"])
 
     # ------------------------------------------------------------------ operations
-    def enable_deletion_vectors(self, spark: SparkSession) -> None:
-        spark.sql(f"ALTER TABLE {self.sql} SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
+    def enable_deletion_vectors(self) -> None:
+        self.spark.sql(f"ALTER TABLE {self.sql} SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)")
 
-    def merge_delete(self, spark: SparkSession, ids: DataFrame, id_col: str, settings: dict[str, str]) -> None:
+    def merge_delete(self, ids: DataFrame, id_col: str, settings: dict[str, str]) -> None:
         """``MERGE INTO table USING ids ON id WHEN MATCHED THEN DELETE``, one commit, with the
         session ``settings`` (txnAppId/txnVersion, userMetadata)."""
         view = f"distunlearn_ids_{uuid.uuid4().hex}"  # a temp view: SQL MERGE needs a name for ``ids``
         ids.createOrReplaceTempView(view)
         try:
-            with session_conf(spark, settings):
-                spark.sql(f"MERGE INTO {self.sql} AS t USING {view} AS r ON t.`{id_col}` = r.id "
-                          "WHEN MATCHED THEN DELETE")
+            with session_conf(self.spark, settings):
+                self.spark.sql(f"MERGE INTO {self.sql} AS t USING {view} AS r ON t.`{id_col}` = r.id "
+                               "WHEN MATCHED THEN DELETE")
         finally:
-            spark.catalog.dropTempView(view)
+            self.spark.catalog.dropTempView(view)
 
-    def restore(self, spark: SparkSession, version: int, metadata: str) -> None:
-        with session_conf(spark, {USER_METADATA: metadata}):
-            spark.sql(f"RESTORE TABLE {self.sql} TO VERSION AS OF {int(version)}")
+    def restore(self, version: int, metadata: str) -> None:
+        with session_conf(self.spark, {USER_METADATA: metadata}):
+            self.spark.sql(f"RESTORE TABLE {self.sql} TO VERSION AS OF {int(version)}")
 
-    def reorg_purge(self, spark: SparkSession, metadata: str) -> None:
+    def reorg_purge(self, metadata: str) -> None:
         """``REORG TABLE ... APPLY (PURGE)``: rewrite the files carrying deletion vectors."""
-        with session_conf(spark, {USER_METADATA: metadata}):
-            spark.sql(f"REORG TABLE {self.sql} APPLY (PURGE)")
+        with session_conf(self.spark, {USER_METADATA: metadata}):
+            self.spark.sql(f"REORG TABLE {self.sql} APPLY (PURGE)")
 
-    def vacuum(self, spark: SparkSession, retention_hours: float, check_retention: bool = True) -> None:
+    def vacuum(self, retention_hours: float, check_retention: bool = True) -> None:
         settings = {} if check_retention else {"spark.databricks.delta.retentionDurationCheck.enabled": "false"}
-        with session_conf(spark, settings):
-            spark.sql(f"VACUUM {self.sql} RETAIN {retention_hours:g} HOURS")
+        with session_conf(self.spark, settings):
+            self.spark.sql(f"VACUUM {self.sql} RETAIN {retention_hours:g} HOURS")
 
 
 def open_delta(spark: SparkSession, source: str, what: str = "table") -> Table:
