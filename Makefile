@@ -1,15 +1,19 @@
 # Two commands do all the set-up on a fresh machine:  make demo  and  make test.
 # Both create .venv/ (once; again only when pyproject.toml changes) and install the project
-# into it.  The Delta jars are fetched by Spark from Maven Central on first use and cached
-# under ~/.cache/distunlearn/ivy (see README, "Delta jars").
+# into it with the default Spark line (pyspark 4.0.1); make test also creates .venv-spark42/,
+# the second line (pyspark 4.2.1).  The Delta jars matching each Spark are fetched by Spark from
+# Maven Central on first use and cached under ~/.cache/distunlearn/ivy (README, "Versions").
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The second Spark line (README, "Versions"): the newest pyspark Delta Lake supports.
+VENV42  := .venv-spark42
+STAMP42 := $(VENV42)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: install demo demo-text test lint clean browser results bench cluster-env cluster-up cluster-down connect-up connect-down
+.PHONY: install install-spark42 demo demo-text test test-default test-spark42 lint clean browser results bench cluster-env cluster-up cluster-down connect-up connect-down
 
 install: $(STAMP)
 
@@ -18,6 +22,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[spark,test,dev]'
 	@touch $(STAMP)
 
+install-spark42: $(STAMP42)
+
+$(STAMP42): pyproject.toml
+	@test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[spark42,test]'
+	@touch $(STAMP42)
+
 demo: $(STAMP)
 	$(BIN)/distunlearn demo --config conf/local.yaml --output $(DEMO_OUTPUT)
 
@@ -25,8 +36,16 @@ demo: $(STAMP)
 demo-text: $(STAMP)
 	$(BIN)/distunlearn demo --text --config conf/text.example.yaml --output $(DEMO_OUTPUT)
 
-test: $(STAMP) browser
+# The whole suite on the default line, then the tests marked second_line (pipeline, text,
+# groups, apply, golden outputs, Spark Connect) on the second line.  PYTEST_ARGS goes to the
+# first, SPARK42_ARGS to the second; test-default and test-spark42 run one of them.
+test: test-default test-spark42
+
+test-default: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-spark42: $(STAMP42)
+	$(VENV42)/bin/python -m pytest -m second_line $(SPARK42_ARGS)
 
 # Headless Chromium for the report's rendering test (Debian's package; needs root or sudo).
 # Where it cannot be installed the test is skipped and says why.
@@ -75,4 +94,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUTPUT) .pytest_cache bench-data dist .connect
+	rm -rf $(VENV) $(VENV42) $(DEMO_OUTPUT) .pytest_cache bench-data dist .connect

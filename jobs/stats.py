@@ -4,6 +4,8 @@
         --conf spark.pyspark.python=.venv/bin/python \
         jobs/stats.py --config conf/local.yaml [--option value ...]
 
+--packages names the Delta build of the cluster's Spark: io.delta:delta-spark_2.13:4.0.1 for Spark 4.0,
+io.delta:delta-spark_4.2_2.13:4.4.0 for 4.2 (README, "Versions").
 Options are those of `distunlearn stats --help`; spark-submit's --master wins over --master.
 """
 

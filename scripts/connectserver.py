@@ -29,7 +29,7 @@ from pathlib import Path
 
 from localcluster import _family, _processes, _signal, free_port, spark_home
 
-from distunlearn.commands.session import DELTA_PACKAGE, WORKER_ENV
+from distunlearn.commands.session import WORKER_ENV, delta_build
 from distunlearn.errors import EnvironmentSetupError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def server_command(port: int, ivy_dir: str, delta_jars: str = "", conf: dict[str
         **{f"spark.executorEnv.{k}": v for k, v in WORKER_ENV.items()},
         **(conf or {}),
     }
-    jars = ["--jars", delta_jars] if delta_jars else ["--packages", DELTA_PACKAGE]
+    jars = ["--jars", delta_jars] if delta_jars else ["--packages", delta_build().package]
     flags = [arg for key, value in settings.items() for arg in ("--conf", f"{key}={value}")]
     return [str(spark_home() / "bin" / "spark-submit"), "--master", "local[2]", "--class", SERVER_CLASS,
             *jars, *flags, "spark-internal"]

@@ -24,7 +24,7 @@ SHUFFLE_PARTITIONS = 4
 #: joins the session and applies its config's settings to it, as under spark-submit, so a test
 #: that leaves them out changes the batches of every later test (see ``_session_untouched``).
 SESSION_ARGS = ["--shuffle-partitions", str(SHUFFLE_PARTITIONS), "--arrow-batch-size", str(ARROW_BATCH)]
-_WATCHED = {"spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
+SESSION_SETTINGS = {"spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH)}
 
 
@@ -49,7 +49,7 @@ def _session_untouched(request):
     if "spark" not in request.fixturenames:
         return
     conf = request.getfixturevalue("spark").conf
-    changed = {k: conf.get(k) for k, v in _WATCHED.items() if conf.get(k) != v}
+    changed = {k: conf.get(k) for k, v in SESSION_SETTINGS.items() if conf.get(k) != v}
     assert not changed, f"the test changed the shared session's settings: {changed}; pass SESSION_ARGS"
 
 

@@ -56,6 +56,7 @@ def history(path: str) -> list[dict]:
     return sorted(DeltaTable(path).history(), key=lambda c: c["version"])
 
 
+@pytest.mark.second_line
 def test_apply_deletes_exactly_the_set_once(spark, run, tmp_path):
     cfg, sets = run
     src = corpus(tmp_path / "corpus")
@@ -106,6 +107,7 @@ def test_delta_drops_a_retry_that_races_past_the_history_check(spark, run, tmp_p
     assert len(read_delta(src)) == 420 - len(removal_ids(sets, "random", 0.1))
 
 
+@pytest.mark.second_line
 def test_deletion_vectors_verify_undo_apply_again_then_purge(spark, run, tmp_path):
     """The whole life of a removal on a table with deletion vectors.  With them on, delta-rs
     1.x can no longer read the table (why they are opt-in): rows are read back with Spark,

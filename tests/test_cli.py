@@ -14,7 +14,7 @@ import pytest
 
 from conftest import read_delta, read_sets
 from distunlearn.commands.config import JobConfig
-from distunlearn.commands.session import DELTA_PACKAGE
+from distunlearn.commands.session import delta_build
 
 ROOT = Path(__file__).resolve().parents[1]
 # The console command the README's `make demo` runs, as pip installed it next to this interpreter
@@ -98,7 +98,7 @@ def test_unreachable_maven_central_is_one_clear_line(tmp_path):
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("distunlearn: error: could not start Spark with Delta Lake")
-    assert DELTA_PACKAGE in last and "--delta-jars" in last
+    assert delta_build().package in last and "--delta-jars" in last
     assert not (tmp_path / "o").exists()
 
 
@@ -106,8 +106,7 @@ def test_local_delta_jars_run_offline(demo, tmp_path):
     """--delta-jars with the two cached jars: the run needs no network at all."""
     out, _ = demo
     jars = Path(JobConfig().ivy_dir).expanduser() / "jars"
-    local = ",".join(str(jars / name) for name in ("io.delta_delta-spark_2.13-4.0.1.jar",
-                                                   "io.delta_delta-storage-4.0.1.jar"))
+    local = ",".join(str(jars / f"io.delta_{name}") for name in delta_build().jar_files)  # Ivy's file names
     env = {**os.environ, "JAVA_TOOL_OPTIONS": OFFLINE}
     res = subprocess.run([*CLI, "run", "--forget", str(out / "data/high/forget"), "--retain",
                           str(out / "data/high/retain"), "--output", str(tmp_path / "o"), "--run-id", "demo-high",

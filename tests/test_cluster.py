@@ -39,7 +39,7 @@ import pytest
 
 from conftest import ARROW_BATCH, SHUFFLE_PARTITIONS, gaussian_tables, read_delta, subprocess_env
 from distunlearn.commands.config import JobConfig
-from distunlearn.commands.session import DELTA_PACKAGE
+from distunlearn.commands.session import delta_build
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per submitted job; each takes about 1 min here
@@ -159,7 +159,7 @@ def wait_for_scoring(proc: subprocess.Popen, log: Path, cluster: localcluster.Lo
 def test_spark_submit_on_the_cluster_matches_local(cluster, archive, inputs, reference, tmp_path):
     out, log = tmp_path / "out", tmp_path / "driver.log"
     submit = localcluster.spark_home() / "bin" / "spark-submit"
-    cmd = [str(submit), "--master", cluster.master_url, "--packages", DELTA_PACKAGE,
+    cmd = [str(submit), "--master", cluster.master_url, "--packages", delta_build().package,
            "--conf", f"spark.jars.ivy={Path(JobConfig().ivy_dir).expanduser()}",
            "--archives", f"{archive}#environment",
            "--conf", "spark.pyspark.python=./environment/bin/python",

@@ -22,7 +22,7 @@ def test_the_examples_exist():
     names = {p.name for p in YAMLS + JSONS}
     for name in ("local.yaml", "cluster.example.yaml", "standalone.example.yaml", "yarn.example.yaml",
                  "kubernetes.example.yaml", "databricks.example.yaml", "emr.example.yaml",
-                 "databricks-job.example.json", "emr-step.example.json"):
+                 "databricks-job.example.json", "databricks-serverless-job.example.json", "emr-step.example.json"):
         assert name in names, name
 
 
@@ -54,6 +54,20 @@ def test_databricks_job_runs_the_spark_submit_entry_point():
     assert params[params.index("--config") + 1].endswith("databricks.example.yaml")
     assert "--run-id" in params
     assert any(lib.get("whl", "").endswith(".whl") for lib in task["libraries"])
+
+
+def test_databricks_serverless_job_installs_the_wheel_in_its_environment():
+    """Serverless tasks get no cluster libraries: the wheel is a dependency of the task's
+    environment, and the task runs the same spark-submit entry point, which joins the task's
+    Spark Connect session (tests/test_connect.py runs that path)."""
+    spec = json.loads((CONF / "databricks-serverless-job.example.json").read_text())
+    (env,) = spec["environments"]
+    assert any(dep.endswith(".whl") for dep in env["spec"]["dependencies"])
+    (task,) = spec["tasks"]
+    assert task["environment_key"] == env["environment_key"] and "new_cluster" not in task
+    params = task["spark_python_task"]["parameters"]
+    assert task["spark_python_task"]["python_file"].endswith("jobs/run.py")
+    assert params[params.index("--config") + 1].endswith("databricks.example.yaml") and "--run-id" in params
 
 
 def test_emr_step_ships_the_environment_archive():

@@ -12,6 +12,7 @@ same order and every number must be equal, not close.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +22,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SESSION_ARGS, read_delta, subprocess_env
+from conftest import SESSION_ARGS, SESSION_SETTINGS, frame, read_delta, read_sets, subprocess_env, write_table
 from distunlearn.commands.cli import main
 from golden_cases import CASES, write_inputs
 
 pytestmark = pytest.mark.connect
 
+ROOT = Path(__file__).resolve().parents[1]
 CONSOLE = str(Path(sys.executable).with_name("distunlearn"))
 #: Columns that differ between two runs by nature: wall-clock times and durations.
 VOLATILE = {"created_at", "started_at", "finished_at", "seconds", "duration_s", "timings"}
@@ -82,16 +84,25 @@ def _config(path: Path, forget: str, retain: str, output: Path, options: dict) -
     return path
 
 
-@pytest.mark.parametrize("name", ["features", "groups-stratified-cap", "text", "text-groups"])
-def test_run_over_connect_writes_what_the_classic_session_writes(spark, server, tmp_path, name):
+#: Over Connect a scoring model above spark.distunlearn.inlinePayloadBytes (32 MB by default)
+#: goes to the workers as a session file (distunlearn.transforms.payload); 0 sends every one so.
+AS_FILE = ["--spark-conf", "spark.distunlearn.inlinePayloadBytes=0"]
+
+
+@pytest.mark.parametrize("name,extra", [pytest.param("features", [], id="features", marks=pytest.mark.second_line),
+                                        pytest.param("features", AS_FILE, id="features-model-as-session-file"),
+                                        *[pytest.param(n, [], id=n) for n in ("groups-stratified-cap", "text",
+                                                                              "text-groups")]])
+def test_run_over_connect_writes_what_the_classic_session_writes(spark, server, tmp_path, name, extra):
     case = next(c for c in CASES if c.name == name)
     forget, retain = write_inputs(tmp_path / "in", case.inputs)
     for side in ("classic", "connect"):
         _config(tmp_path / f"{side}.yaml", forget, retain, tmp_path / side, case.options)
     assert classic(spark, ["run", "--config", str(tmp_path / "classic.yaml")]) == 0
-    done = over_connect(server, ["run", "--config", str(tmp_path / "connect.yaml")])
+    done = over_connect(server, ["run", "--config", str(tmp_path / "connect.yaml"), *extra])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "over Spark Connect at sc://127.0.0.1" in done.stderr
+    assert ("sent as the session file distunlearn-scoring-model-" in done.stderr) == bool(extra)
     compared = assert_same_tables(tmp_path / "classic", tmp_path / "connect", RUN_TABLES)
     assert {"removal_ranking", "removal_budgets", "statistics", "diagnostics"} <= set(compared)
     runs = read_delta(tmp_path / "connect" / "runs")
@@ -118,6 +129,7 @@ def _corpus(path: Path, forget: str, retain: str) -> str:
     return str(path)
 
 
+@pytest.mark.second_line
 def test_apply_verify_undo_purge_over_connect_as_on_the_classic_session(spark, server, features_run, tmp_path):
     out, forget, retain = features_run
     tables = {side: _corpus(tmp_path / side, forget, retain) for side in ("classic", "connect")}
@@ -178,3 +190,65 @@ def test_a_bad_endpoint_is_one_line_and_exit_2(tmp_path, remote, message):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"distunlearn: error: {message}"
     assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_setting_the_server_refuses_is_one_line_and_exit_2(server, tmp_path):
+    """--spark-conf the user gave must hold; a static setting cannot be changed on a running
+    server (the job's own tuning settings, refused, would only be a warning)."""
+    done = over_connect(server, ["run", "--forget", "a", "--retain", "b", "--output", str(tmp_path / "o"),
+                                 "--run-id", "r", "--spark-conf", "spark.sql.extensions=x"])
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("distunlearn: error: the session refuses --spark-conf spark.sql.extensions=x: ")
+    assert "CANNOT_MODIFY_CONFIG" in last
+    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
+
+
+def _readme_block(first: str) -> str:
+    """The README's python code block that starts with ``first``."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if b.startswith(first)]
+    return block
+
+
+def test_the_readme_notebook_example_and_the_job_entry_point_on_a_connect_session(spark, server, tmp_path):
+    """What a Databricks serverless notebook and job do: the README's notebook block, as
+    written, on a process's Connect session (only its first line, naming the tables, changed),
+    then jobs/run.py in that process, which joins the active Connect session.  Both give the
+    sets a classic run of the same options gives."""
+    rng = np.random.default_rng(11)
+    xf, xr = rng.standard_normal((90, 5)), rng.standard_normal((160, 5)) + 0.7
+    schema = "doc_id long, embedding array<double>"
+    forget = write_table(spark, frame(range(90), xf, "doc_id", "embedding"), tmp_path / "forget", schema)
+    retain = write_table(spark, frame(range(1000, 1160), xr, "doc_id", "embedding"), tmp_path / "retain", schema)
+    out = tmp_path / "out"
+    block = _readme_block("FORGET, RETAIN, OUTPUT = ")
+    script = "\n".join([
+        "import sys",
+        "from pyspark.sql import SparkSession",
+        f"spark = SparkSession.builder.remote({server.url!r}).getOrCreate()",
+        *[f"spark.conf.set({k!r}, {v!r})" for k, v in SESSION_SETTINGS.items()],  # the classic session's batches
+        f"FORGET, RETAIN, OUTPUT = 'delta.`{forget}`', 'delta.`{retain}`', {str(out)!r}",
+        block.split("\n", 1)[1],
+        "from jobs.run import main",
+        f"sys.exit(main(['--forget', {forget!r}, '--retain', {retain!r}, '--output', {str(out)!r}, '--run-id', "
+        f"'job-1', '--id-col', 'doc_id', '--feature-col', 'embedding', '--methods', 'lr_gauss,random', "
+        f"'--budgets', '0.05,0.1,0.2', *{SESSION_ARGS!r}]))",
+    ])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env=subprocess_env(PYTHONPATH=f"{ROOT}:{ROOT / 'lib'}"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'method': 'lr_gauss', 'budget': 0.05" in done.stdout
+    assert "over the active Spark Connect session" in done.stderr  # jobs/run.py joined it
+    k = int(0.05 * 90)
+    assert f"{k} {k}\n" in done.stdout  # removal.k, removal.rows.count()
+    assert classic(spark, ["run", "--forget", forget, "--retain", retain, "--output", str(tmp_path / "classic"),
+                           "--run-id", "c", "--id-col", "doc_id", "--feature-col", "embedding",
+                           "--methods", "lr_gauss,random", "--budgets", "0.05,0.1,0.2"]) == 0
+    want = read_sets(tmp_path / "classic").drop(columns="run_id")
+    sets = read_sets(out)
+    for run_id in ("notebook-1", "job-1"):
+        got = sets[sets.run_id == run_id].drop(columns="run_id")
+        key = ["method", "budget", "rank"]
+        pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True),
+                                      want.sort_values(key).reset_index(drop=True), check_exact=True, obj=run_id)

@@ -156,6 +156,7 @@ def test_global_ranking_with_groups_reports_every_group(spark, grouped):
     assert "highest deletion rate" in report.table()
 
 
+@pytest.mark.second_line
 def test_stratified_budgets_are_exact_per_group_top_k(spark, grouped):
     _, _, global_sets = _run(spark, grouped, "g-global", reweight=True)
     _, _, sets = _run(spark, grouped, "g-strat", group_budget="stratified")
@@ -200,6 +201,7 @@ def test_stratified_with_cap(spark, grouped):
     assert (got.group == "a").sum() == 21 and (got.group == "b").sum() == 19
 
 
+@pytest.mark.second_line
 def test_group_kl_shift_and_diagnostics_match_numpy(spark, grouped):
     root, _, frames = grouped
     _, _, sets = _run(spark, grouped, "g-strat", group_budget="stratified")

@@ -47,3 +47,28 @@ def test_no_keys_folds_everything_into_one_value(spark):
 def test_no_partials_give_an_empty_result(spark):
     parts = _partials(spark, 3, ("x",), skip_every=1)
     assert tree_merge(parts, ["key"], CONCAT) == {}
+
+
+def test_a_binary_value_larger_than_a_piece_is_collected_in_pieces(spark, monkeypatch):
+    """The final fold cuts binary values into pieces (one collected row each, so no row is
+    larger than one Spark Connect message); the driver joins them in order, and the other
+    values, here a count, are taken once."""
+    from distunlearn.transforms import merge
+
+    monkeypatch.setattr(merge, "PIECE", 5)
+    schema = pa.schema([("key", pa.string()), ("n", pa.int64()), ("blob", pa.binary())])
+
+    def emit(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        p = TaskContext.get().partitionId()  # type: ignore[union-attr]
+        for _ in batches:
+            pass
+        yield pa.RecordBatch.from_pylist([{"key": "big", "n": 1, "blob": bytes([65 + p]) * 7},
+                                          {"key": "empty", "n": 1, "blob": b""}], schema=schema)
+
+    parts = spark.range(0, 4, numPartitions=4).mapInArrow(emit, "key string, n long, blob binary")
+    summed: Merger[tuple[int, bytes]] = Merger(lambda v: (int(v[0]), bytes(v[1])),
+                                               lambda a, b: (a[0] + b[0], a[1] + b[1]), lambda s: s)
+    got = tree_merge(parts, ["key"], summed, fan=2)
+    assert got == {("big",): (4, b"AAAAAAABBBBBBBCCCCCCCDDDDDDD"), ("empty",): (4, b"")}

@@ -32,6 +32,7 @@ def test_pyspark_is_an_extra_not_a_dependency(tmp_path):
     always = {_name(r) for r in requires if "extra ==" not in r}
     assert not always & {"pyspark", "delta-spark", "py4j", "grpcio"}, always
     assert {"numpy", "pyarrow", "pandas", "pyyaml"} <= always
-    spark = [r.replace(" ", "") for r in requires if re.search(r"extra\s*==\s*['\"]spark['\"]", r)]
-    assert any(r.startswith("pyspark[connect]==4.0.") for r in spark), spark
-    assert "spark" in (meta.get_all("Provides-Extra") or [])
+    for extra, line in (("spark", "4.0."), ("spark42", "4.2.")):  # the two Spark lines (README, "Versions")
+        pinned = [r.replace(" ", "") for r in requires if re.search(rf"extra\s*==\s*['\"]{extra}['\"]", r)]
+        assert any(r.startswith(f"pyspark[connect]=={line}") for r in pinned), (extra, pinned)
+        assert extra in (meta.get_all("Provides-Extra") or [])

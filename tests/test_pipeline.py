@@ -58,6 +58,7 @@ def full_run(spark, gaussian):
     return cfg, report, read_sets(cfg.output)
 
 
+@pytest.mark.second_line
 def test_every_kernel_method_matches_the_numpy_reference(gaussian, full_run):
     _, _, _, xf, xr = gaussian
     cfg, _, table = full_run
@@ -72,6 +73,7 @@ def test_every_kernel_method_matches_the_numpy_reference(gaussian, full_run):
             np.testing.assert_allclose(got["score"].to_numpy(), scores[got["id"].to_numpy()], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.second_line
 def test_exact_k_and_nested_sets(full_run):
     _, report, table = full_run
     n1 = report.n_forget
@@ -128,6 +130,20 @@ def test_statistics_and_runs_tables(gaussian, full_run):
     runs = read_delta(f"{cfg.output}/runs")
     assert runs["run_id"].tolist() == ["t1"] and runs["status"].tolist() == ["succeeded"]
     assert len(runs["summary"].iloc[0]) == len(METHODS) * 5
+
+
+def test_stored_statistics_are_read_back_in_pieces(spark, gaussian, full_run, monkeypatch):
+    """load_statistics reads the d x d scatter as rows of READ_PIECE elements (one collected row
+    must fit a Spark Connect message); with 3, the 16 elements of d = 4 come in 6 pieces."""
+    from distunlearn.store import output
+
+    monkeypatch.setattr(output, "READ_PIECE", 3)
+    _, _, _, xf, xr = gaussian
+    cfg, _, _ = full_run
+    stats = output.Store(spark, cfg.output).load_statistics("t1", cfg.options())
+    for s, x in ((stats.forget.stats, xf), (stats.retain.stats, xr)):
+        assert s.n == len(x)
+        np.testing.assert_allclose(s.m2, (x - x.mean(0)).T @ (x - x.mean(0)), rtol=1e-10, atol=1e-12)
 
 
 def test_rerun_replaces_rows_and_other_runs_are_kept(spark, gaussian, tmp_path):

@@ -175,6 +175,7 @@ def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> list[int]:
     return [int(ids[i]) for i in np.lexsort((ids, -scores))[:k]]
 
 
+@pytest.mark.second_line
 def test_text_run_matches_the_reference(spark, corpus):
     root, paths, sample = corpus
     cfg = make_config(root, paths["forget"], paths["retain"], text_col="text", ngram_hash="sha256",

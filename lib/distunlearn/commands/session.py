@@ -1,8 +1,9 @@
 """SparkSession with Delta Lake, the project's interpreter and one BLAS thread per worker.
 
-Versions: pyspark 4.0.1 with delta-spark 4.0.1 (Delta 4.0.x is built for Spark 4.0.x, Scala
-2.13; see the README).  The Delta jars are resolved by Spark's own Ivy from Maven Central on
-first use and cached under ``ivy_dir``; ``delta_jars`` points at local copies instead.
+Versions: the Delta build must match the Spark line (:data:`DELTA_BUILDS`; README,
+"Versions"): the console command fetches the one for the installed pyspark.  The Delta jars
+are resolved by Spark's own Ivy from Maven Central on first use and cached under ``ivy_dir``;
+``delta_jars`` points at local copies instead.
 
 Two ways in:
 
@@ -18,16 +19,61 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from distunlearn.commands.config import JobConfig
 from distunlearn.errors import EnvironmentSetupError
+from distunlearn.transforms.payload import is_connect
 
 log = logging.getLogger(__name__)
 
-DELTA_VERSION = "4.0.1"
-SCALA_VERSION = "2.13"
-DELTA_PACKAGE = f"io.delta:delta-spark_{SCALA_VERSION}:{DELTA_VERSION}"
+#: The Delta Lake build for each Spark line the job runs on: (Maven artifact, version).  Delta
+#: 4.0.x is built for Spark 4.0.x; Delta 4.4.0 for Spark 4.0.1, 4.1.0 and 4.2.0, and since
+#: Delta 4.1 an artifact's name carries its Spark line.  4.0 is the default install and 4.2
+#: the second line ``make test`` runs (README, "Versions"); 4.1's jars resolve from Maven
+#: Central, but no test runs on it.  Scala 2.13 throughout (Spark 4 has no other).
+DELTA_BUILDS: dict[str, tuple[str, str]] = {
+    "4.0": ("delta-spark_2.13", "4.0.1"),
+    "4.1": ("delta-spark_4.1_2.13", "4.4.0"),
+    "4.2": ("delta-spark_4.2_2.13", "4.4.0"),
+}
+
+
+@dataclass(frozen=True)
+class DeltaBuild:
+    """The Delta Lake jars for one Spark version."""
+
+    spark_version: str
+    artifact: str
+    version: str
+
+    @property
+    def package(self) -> str:
+        """The Maven coordinate (``--packages``, ``spark.jars.packages``)."""
+        return f"io.delta:{self.artifact}:{self.version}"
+
+    @property
+    def jar_files(self) -> tuple[str, str]:
+        """The two jar files ``--delta-jars`` takes (the third dependency, antlr4-runtime,
+        ships with pyspark)."""
+        return f"{self.artifact}-{self.version}.jar", f"delta-storage-{self.version}.jar"
+
+
+def delta_build(spark_version: str | None = None) -> DeltaBuild:
+    """The Delta build for ``spark_version`` (default: the installed pyspark's).
+    EnvironmentSetupError for a Spark line no Delta build is listed for."""
+    if spark_version is None:
+        import pyspark
+
+        spark_version = pyspark.__version__
+    line = ".".join(spark_version.split(".")[:2])
+    if line not in DELTA_BUILDS:
+        raise EnvironmentSetupError(
+            f"Spark {spark_version} is not a line this job runs on ({', '.join(DELTA_BUILDS)}): install "
+            "'distunlearn[spark]' (pyspark 4.0.1) or 'distunlearn[spark42]' (pyspark 4.2.1)")
+    artifact, version = DELTA_BUILDS[line]
+    return DeltaBuild(spark_version, artifact, version)
 
 #: Directory the executors unpack ``python_archive`` into (the ``#name`` of spark.archives).
 EXECUTOR_ENV_DIR = "environment"
@@ -76,7 +122,7 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
                 raise EnvironmentSetupError(f"delta_jars: file {missing[0]!r} not found")
             conf["spark.jars"] = ",".join(jars)
         else:
-            conf["spark.jars.packages"] = DELTA_PACKAGE
+            conf["spark.jars.packages"] = delta_build().package
             conf["spark.jars.ivy"] = str(Path(cfg.ivy_dir).expanduser())
     conf.update(cfg.spark_conf)
     return conf
@@ -93,6 +139,12 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
     remote = cfg.remote or os.environ.get("SPARK_REMOTE", "")
     if remote:
         return connect_session(cfg, remote)
+    if not launch:
+        active = SparkSession.getActiveSession()
+        if active is not None and is_connect(active):
+            # A job or notebook on a platform whose sessions are Spark Connect ones (Databricks
+            # serverless and standard access mode) already holds one: join it as it is.
+            return _configure_connect(active, cfg, "the active Spark Connect session")
     conf = session_settings(cfg, launch)
     if launch:
         # The JVM reads these when it starts the Python workers (local mode) and passes them
@@ -108,17 +160,28 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # pyspark raises PySparkRuntimeError(JAVA_GATEWAY_EXITED)
-        where = conf.get("spark.jars") or f"{DELTA_PACKAGE} from Maven Central into {conf.get('spark.jars.ivy')}"
         raise EnvironmentSetupError(
             f"could not start Spark with Delta Lake ({type(exc).__name__}); the JVM needs Java 17 "
-            f"and the Delta jars ({where}): check network access to Maven Central or pass "
+            f"and the Delta jars ({_delta_source(conf)}): check network access to Maven Central or pass "
             f"--delta-jars with local copies; Spark's own messages are above"
         ) from exc
-    check_delta(spark, f"launch with spark-submit --packages {DELTA_PACKAGE} (or --jars with local Delta jars)")
+    if is_connect(spark):  # the builder returned the platform's Connect session (no SparkContext)
+        return _configure_connect(spark, cfg, "the platform's Spark Connect session")
+    check_delta(spark, f"launch with spark-submit --packages {_package_hint(spark.version)} (or --jars with "
+                       "local Delta jars)")
     spark.sparkContext.setLogLevel("WARN")  # a classic session: the JVM this process launched or joined
     log.info("Spark %s, master %s, Delta %s, python %s", spark.version, spark.conf.get("spark.master"),
-             DELTA_VERSION, sys.executable)
+             _delta_source(conf), sys.executable)
     return spark
+
+
+def _delta_source(conf: dict[str, str]) -> str:
+    """Where the session's Delta jars come from, for messages."""
+    if "spark.jars" in conf:
+        return conf["spark.jars"]
+    if "spark.jars.packages" in conf:
+        return f"{conf['spark.jars.packages']} from Maven Central into {conf['spark.jars.ivy']}"
+    return "from spark-submit's --packages or --jars"
 
 
 #: Settings a Spark Connect client may set on its session (SQL settings); the rest of
@@ -146,19 +209,44 @@ def connect_session(cfg: JobConfig, remote: str):  # -> pyspark.sql.connect Spar
         # pyspark's own builder, not pyspark.sql.connect's: it also switches pyspark.sql.functions
         # to their Connect versions (SPARK_CONNECT_MODE_ENABLED), which F.col and friends check.
         spark = SparkSession.builder.remote(remote).getOrCreate()
-        settings = session_settings(cfg, launch=False)
-        for key in _CONNECT_SETTINGS:
-            spark.conf.set(key, settings[key])
-        for key, value in cfg.spark_conf.items():
-            spark.conf.set(key, value)
-        version = spark.version
+        spark.version  # noqa: B018  - the first round trip: fails here when the server is not Spark Connect
     except Exception as exc:  # grpc errors: SparkConnectGrpcException, connection refused
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise EnvironmentSetupError(f"could not use the Spark Connect server at {remote}: {first}") from exc
+        raise EnvironmentSetupError(f"could not use the Spark Connect server at {remote}: {_first_line(exc)}") from exc
+    return _configure_connect(spark, cfg, f"Spark Connect at {remote}")
+
+
+def _configure_connect(spark, cfg: JobConfig, where: str):
+    """The run's SQL settings on a Connect session, and the Delta check."""
+    settings = session_settings(cfg, launch=False)
+    apply_settings(spark, {key: settings[key] for key in _CONNECT_SETTINGS}, required=False)
+    apply_settings(spark, cfg.spark_conf, required=True)
     check_delta(spark, "start the Connect server with the Delta package and the two Delta session "
                        "settings (README, \"Spark Connect\")")
-    log.info("Spark %s over Spark Connect at %s, python %s", version, remote, sys.executable)
+    log.info("Spark %s over %s, python %s", spark.version, where, sys.executable)
     return spark
+
+
+def apply_settings(spark, settings: dict[str, str], required: bool) -> None:
+    """``spark.conf.set`` each setting.  A managed platform may refuse some (Databricks
+    serverless allows only a few; a static setting is refused everywhere): the job's own
+    (``required=False``: shuffle partitions, Arrow batch size, time zone) are tuning, so a
+    refusal is a warning and the server's value stays; one the user gave (``--spark-conf``)
+    is an EnvironmentSetupError naming it."""
+    from pyspark.errors import PySparkException
+
+    for key, value in settings.items():
+        try:
+            spark.conf.set(key, value)
+        except PySparkException as exc:
+            if required:
+                raise EnvironmentSetupError(f"the session refuses --spark-conf {key}={value}: {_first_line(exc)}") \
+                    from exc
+            log.warning("the session refuses %s=%s (%s); keeping its value", key, value, _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _reachable(remote: str, timeout: float = 10.0) -> None:
@@ -174,6 +262,14 @@ def _reachable(remote: str, timeout: float = 10.0) -> None:
     except OSError as exc:
         raise EnvironmentSetupError(f"no Spark Connect server answers at {remote} ({host}:{port}: "
                                     f"{exc.strerror or type(exc).__name__})") from exc
+
+
+def _package_hint(spark_version: str) -> str:
+    """The --packages coordinate to suggest for a session of ``spark_version``."""
+    try:
+        return delta_build(spark_version).package
+    except EnvironmentSetupError:
+        return "<the Delta build for Spark " + spark_version + ">"
 
 
 def check_delta(spark, hint: str) -> None:

@@ -54,6 +54,7 @@ uses the raw features, as embeddings usually are).
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -237,6 +238,13 @@ class ScoringModel:
     @property
     def dim(self) -> int:
         return int(self.mu1.shape[0])
+
+    def for_workers(self) -> ScoringModel:
+        """The model without what :meth:`score` never reads: the covariance's matrix and
+        factors (the kernel holds what scoring applies).  For a dense covariance that halves
+        what travels to the workers: one d x d matrix (the whitener) instead of two."""
+        bare = dataclasses.replace(self.covariance, dense=None, variances=None, basis=None, eigenvalues=None)
+        return dataclasses.replace(self, covariance=bare)
 
     @classmethod
     def build(cls, forget: GaussianStats, retain: GaussianStats, covariance_source: str = "pooled",

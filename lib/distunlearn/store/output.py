@@ -309,13 +309,15 @@ class Store:
         """The statistics stored for ``run_id`` (InputError if absent), and for text input its
         n-gram statistics, which must have been computed with ``options``' featurizer."""
         self.check_contract()
-        found = {r["domain"]: r for r in self.read(tables.STATISTICS, run_id).collect()}
+        stored = self.read(tables.STATISTICS, run_id)
+        found = {r["domain"]: r for r in stored.drop("m2").collect()}
         missing = [d for d in ("forget", "retain") if d not in found]
         if missing:
             raise InputError(f"no {missing[0]} statistics stored for run {run_id!r} under {self.root!r}")
+        m2 = _read_in_pieces(stored, "domain", "m2")
         domains = {}
         for domain, row in found.items():
-            stats = GaussianStats.from_dict(row.asDict())
+            stats = GaussianStats.from_dict({**row.asDict(), "m2": m2[domain]})
             counts = InputCounts(rows=int(row["rows"]), nonfinite=int(row["dropped_nonfinite"]), min_len=stats.dim,
                                  max_len=stats.dim)
             domains[domain] = DomainStats(stats, counts)
@@ -433,3 +435,22 @@ class Store:
             check_schema(self.spark, df.schema, self.path(t))
         for t, df in frames:
             self._replace(t, df, run_id)
+
+
+#: Elements of a stored array read back per row (8 MB of doubles): a d x d scatter (134 MB
+#: at d = 4096) in one collected row would not fit one Spark Connect message (128 MB).
+READ_PIECE = 2**20
+
+
+def _read_in_pieces(df: DataFrame, key: str, column: str) -> dict[Any, np.ndarray]:
+    """``df[column]`` (an array of doubles) per value of ``df[key]``, read as rows of at most
+    :data:`READ_PIECE` elements through Arrow and joined in order on the driver."""
+    n = READ_PIECE
+    pieces = F.expr(f"transform(sequence(0, greatest(cast(ceil(size(`{column}`) / {n}) as int) - 1, 0)), "
+                    f"i -> slice(`{column}`, i * {n} + 1, {n}))")
+    table = df.select(key, F.posexplode(pieces).alias("_piece", "_values")).toArrow()
+    parts: dict[Any, list[tuple[int, np.ndarray]]] = {}
+    for k, i, values in zip(table.column(key).to_pylist(), table.column("_piece").to_pylist(),
+                            table.column("_values"), strict=True):
+        parts.setdefault(k, []).append((i, values.values.to_numpy(zero_copy_only=False)))
+    return {k: np.concatenate([v for _, v in sorted(found, key=lambda p: p[0])]) for k, found in parts.items()}

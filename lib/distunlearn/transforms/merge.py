@@ -9,7 +9,10 @@ combines them in a two-level tree:
    level 1 gathers the partials of up to ``fan`` consecutive partitions per key, sorts them by
    (key, order) and folds each run of one key into one partial;
 2. level 2 partitions those by key, sorts by (key, order) again and folds each key's run
-   into its final value, which the driver collects (one row per key).
+   into its final value, which the driver collects: one row per key, or, when a binary value
+   is larger than :data:`PIECE`, several rows that carry it in pieces (a Spark Connect client
+   receives each result batch in one gRPC message, 128 MB at most by default, and a row is
+   never split: the d x d scatter of d = 4096 is 134 MB).
 
 Why sorted runs: a Python task then holds one accumulator and one Arrow batch at a time,
 whatever the number of keys, and the fold order is the input partitions' order, not the
@@ -40,6 +43,8 @@ _ORDER = "_merge_order"
 #: Input partitions folded per key by one level-1 task; a level-2 task gets
 #: ceil(partitions / FAN) partials per key (32 for 1024 input partitions).
 FAN = 32
+#: Largest piece of a binary value in one collected row (see the module docstring).
+PIECE = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -52,14 +57,23 @@ class Merger(Generic[V]):
 
 
 def _fold(merger: Merger[V], keys: Sequence[str], values: Sequence[str], schema: pa.Schema,
-          group_of: Callable[[int], int]) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow body: rows sorted by (keys, group, order) -> one row per (keys, group)."""
+          group_of: Callable[[int], int], piece: int | None = None
+          ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow body: rows sorted by (keys, group, order) -> one row per (keys, group).
+    With ``piece``: the binary values cut into pieces of at most that many bytes, one row per
+    piece, numbered in the order column (the other values repeated)."""
+    binary = {v for v in values if pa.types.is_binary(schema.field(v).type)}
 
-    def emit(key: tuple[Any, ...], group: int, acc: V) -> pa.RecordBatch:
-        row = dict(zip(keys, key, strict=True))
-        row[_ORDER] = group
-        row.update(zip(values, merger.encode(acc), strict=True))
-        return pa.RecordBatch.from_pylist([row], schema=schema)
+    def emit(key: tuple[Any, ...], group: int, acc: V) -> Iterator[pa.RecordBatch]:
+        encoded = dict(zip(values, merger.encode(acc), strict=True))
+        size = max([len(encoded[v]) for v in binary], default=0)
+        count = max(1, -(-size // piece)) if piece else 1
+        for i in range(count):
+            row = dict(zip(keys, key, strict=True))
+            row[_ORDER] = i if piece else group
+            row.update({v: encoded[v][i * piece:(i + 1) * piece] if piece and v in binary else encoded[v]
+                        for v in values})
+            yield pa.RecordBatch.from_pylist([row], schema=schema)
 
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         current: tuple[tuple[Any, ...], int] | None = None
@@ -73,11 +87,11 @@ def _fold(merger: Merger[V], keys: Sequence[str], values: Sequence[str], schema:
                     acc = merger.combine(acc, value)  # type: ignore[arg-type]
                     continue
                 if current is not None:
-                    yield emit(*current, acc)  # type: ignore[arg-type]
+                    yield from emit(*current, acc)  # type: ignore[arg-type]
                 current, acc = here, value
             del cols
         if current is not None:
-            yield emit(*current, acc)  # type: ignore[arg-type]
+            yield from emit(*current, acc)  # type: ignore[arg-type]
 
     return run
 
@@ -105,10 +119,16 @@ def tree_merge(parts: DataFrame, keys: Sequence[str], merger: Merger[V],
                   .mapInArrow(_fold(merger, keys, values, arrow_schema, lambda o: o // step), out_schema))
     level2 = level1.repartition(*by_key) if keys else level1.repartition(1)
     final = (level2.sortWithinPartitions(*by_key, _ORDER)
-             .mapInArrow(_fold(merger, keys, values, arrow_schema, lambda o: 0), out_schema))
-    merged: dict[tuple[Any, ...], V] = {}
+             .mapInArrow(_fold(merger, keys, values, arrow_schema, lambda o: 0, PIECE), out_schema))
+    pieces: dict[tuple[Any, ...], list[Any]] = {}
     for row in final.collect():
-        merged[tuple(row[k] for k in keys)] = merger.decode(tuple(row[v] for v in values))
+        pieces.setdefault(tuple(row[k] for k in keys), []).append(row)
+    binary = {v for v in values if isinstance(schema[v].dataType, T.BinaryType)}
+    merged: dict[tuple[Any, ...], V] = {}
+    for key, rows in pieces.items():
+        rows.sort(key=lambda r: r[_ORDER])
+        merged[key] = merger.decode(tuple(b"".join(bytes(r[v]) for r in rows) if v in binary else rows[0][v]
+                                          for v in values))
     return merged
 
 

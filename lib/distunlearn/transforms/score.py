@@ -3,9 +3,11 @@
 The :class:`~distunlearn.core.scoring.ScoringModel` (means, whitening matrix, LDA weights)
 travels in the mapInArrow function's closure: Spark pickles the function once per job (and
 broadcasts the pickle itself when it is over 1 MB), each task unpickles it once and scores
-its Arrow batches with vectorised numpy.  ``random`` is not computed in Python: it is
-``xxhash64(seed, id)`` mapped to [0, 1) in Spark SQL, so it depends only on the seed and the
-id, never on partitioning or batch size.
+its Arrow batches with vectorised numpy.  Over Spark Connect a model too large for one gRPC
+message goes as a session file instead (:mod:`distunlearn.transforms.payload`).
+
+``random`` is not computed in Python: it is ``xxhash64(seed, id)`` mapped to [0, 1) in Spark
+SQL, so it depends only on the seed and the id, never on partitioning or batch size.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from distunlearn.core.batches import ArrowUdf, Batch, list_to_matrix
 from distunlearn.core.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.core.text import GRAMS, grams_of
+from distunlearn.transforms.payload import Payload, ship
 from distunlearn.transforms.prepare import FEATURES, GROUP, ID
 
 METHOD = "method"
@@ -55,12 +58,18 @@ def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
                 yield rb, batch, model.score(batch.x, methods, grams)
 
 
-def _scorer(model: ScoringModel, methods: tuple[str, ...]) -> ArrowUdf:
+def shipped_model(forget: DataFrame, model: ScoringModel) -> Payload[ScoringModel]:
+    """The model as the scoring UDFs of ``forget``'s session capture it: what scoring reads
+    (:meth:`ScoringModel.for_workers`), inline or as a Connect session file."""
+    return ship(forget.sparkSession, model.for_workers(), "scoring-model")
+
+
+def _scorer(model: Payload[ScoringModel], methods: tuple[str, ...]) -> ArrowUdf:
     """mapInArrow body for ``methods``: (id, features) batches -> (id, one column per method);
     a ``group`` column passes through, after the id."""
 
     def score_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for rb, _, scores in score_batches(batches, model, methods):
+        for rb, _, scores in score_batches(batches, model.get(), methods):
             carry = [GROUP] if GROUP in rb.schema.names else []
             cols = [pa.array(np.asarray(scores[m], dtype=np.float64)) for m in methods]
             yield pa.RecordBatch.from_arrays([rb.column(ID), *[rb.column(c) for c in carry], *cols],
@@ -108,7 +117,8 @@ def score_forget(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     carry = (GROUP,) if GROUP in forget.columns else ()
     schema = T.StructType([T.StructField(ID, id_type, False), *[forget.schema[c] for c in carry]]
                           + [T.StructField(m, T.DoubleType(), False) for m in kernel])
-    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(model, kernel), schema)
+    wide = forget.select(*scoring_columns(forget, kernel)).mapInArrow(_scorer(shipped_model(forget, model), kernel),
+                                                                      schema)
     if "random" in methods:
         wide = wide.withColumn("random", random_score(seed))
     if selection == "gumbel":  # the ranking key becomes score + G(seed, id)

@@ -33,8 +33,9 @@ from distunlearn.core.stats import DomainStats, GaussianStats
 from distunlearn.core.text import GRAMS, NgramStats, grams_of
 from distunlearn.errors import InputError
 from distunlearn.transforms.merge import Merger, tree_merge
+from distunlearn.transforms.payload import Payload
 from distunlearn.transforms.prepare import FEATURES, GROUP, ID
-from distunlearn.transforms.score import gumbel_noise, random_score, score_batches, scoring_columns
+from distunlearn.transforms.score import gumbel_noise, random_score, score_batches, scoring_columns, shipped_model
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +215,12 @@ def _bucket_of(scores: np.ndarray, ids: pa.Array, bounds: list[tuple[float, obje
     return outside
 
 
-def _bucket_aggregator(model: ScoringModel, methods: tuple[str, ...], bounds: Bounds) -> ArrowUdf:
+def _bucket_aggregator(model: Payload[ScoringModel], methods: tuple[str, ...], bounds: Bounds) -> ArrowUdf:
     kernel = tuple(m for m in methods if m in KERNEL_METHODS)
 
     def partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         acc: dict[tuple[str, str | None, int], GaussianStats] = {}
-        for rb, batch, scores in score_batches(batches, model, kernel):  # one BLAS thread
+        for rb, batch, scores in score_batches(batches, model.get(), kernel):  # one BLAS thread
             if "random" in methods:
                 scores["random"] = rb.column("random").to_numpy()
             if _GUMBEL in rb.schema.names:  # the same sum as score_forget's, so the same keys
@@ -271,7 +272,7 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     # treeAggregate, which took most of this pass (profiled with py-spy, docs/BENCHMARKS.md).
     # One task per core keeps the output at #cores x blobs; coalesce does not shuffle.
     source = forget.select(*cols).coalesce(cores)  # no-op when it has fewer partitions
-    parts = source.mapInArrow(_bucket_aggregator(model, methods, bounds),
+    parts = source.mapInArrow(_bucket_aggregator(shipped_model(forget, model), methods, bounds),
                               "method string, grp string, bucket long, stats binary")
 
     merger: Merger[GaussianStats] = Merger(
