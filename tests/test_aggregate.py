@@ -57,3 +57,22 @@ def test_drop_policy_counts_and_excludes_nonfinite_rows(spark):
     assert result.counts.nonfinite == 3 and result.stats.n == 37
     np.testing.assert_allclose(result.stats.mean, x[keep].mean(0), rtol=1e-12)
     np.testing.assert_allclose(result.stats.m2 / 37, np.cov(x[keep].T, bias=True), rtol=1e-10, atol=1e-12)
+
+
+def test_a_result_the_driver_cannot_take_is_refused_before_the_pass():
+    """The removal-set statistics come to the driver as one d x d float64 matrix per method and
+    part; above spark.driver.maxResultSize Spark aborts the stage after the work (and once
+    crashed the JVM killing its other tasks), so the job stops first with one line."""
+    from distunlearn.errors import ConfigError
+    from distunlearn.transforms.statistics import byte_size, check_result_size
+
+    assert [byte_size(s) for s in ("1g", "4096m", "512k", "2GB", "512", "0")] == [
+        2**30, 2**32, 2**19, 2**31, 512, 0]
+    check_result_size(10, 4096, "4g")  # 10 x (4096^2 + 2 x 4096 + 2) x 8 bytes = 1.25 GiB fits
+    check_result_size(10**6, 4096, "0")  # 0: no limit
+    with pytest.raises(ConfigError, match=r"^the diagnostics bring 10 statistics of d = 4096 to the driver, 1\.25 GiB, "
+                                          r"above spark\.driver\.maxResultSize = 1g: raise it \(--spark-conf "
+                                          r"spark\.driver\.maxResultSize=3g;"):
+        check_result_size(10, 4096, "1g")
+    with pytest.raises(ConfigError, match=r"^spark\.driver\.maxResultSize 'lots' is not a size"):
+        byte_size("lots")

@@ -31,7 +31,7 @@ from distunlearn.core.batches import ArrowUdf, InputCounts, list_to_matrix
 from distunlearn.core.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.core.stats import DomainStats, GaussianStats
 from distunlearn.core.text import GRAMS, NgramStats, grams_of
-from distunlearn.errors import InputError
+from distunlearn.errors import ConfigError, InputError
 from distunlearn.transforms.merge import Merger, tree_merge
 from distunlearn.transforms.payload import Payload
 from distunlearn.transforms.prepare import FEATURES, GROUP, ID
@@ -264,6 +264,9 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     land in the neighbouring part, which moves a statistic by one row.
     """
     start = time.monotonic()
+    parts_per_method = [sum(len(b) + 1 for b in bounds[m].values()) or 1 for m in methods]
+    check_result_size(sum(parts_per_method), dim,
+                      forget.sparkSession.conf.get("spark.driver.maxResultSize", None) or "1g")
     cols = [F.col(c) for c in scoring_columns(forget, methods)]
     cols += [random_score(seed).alias("random")] if "random" in methods else []
     cols += [gumbel_noise(seed).alias(_GUMBEL)] if selection == "gumbel" else []
@@ -283,3 +286,32 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     merged = tree_merge(parts, ["method", "grp", "bucket"], merger, fan=None)
     log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
     return merged
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
+          "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}
+
+
+def byte_size(setting: str) -> int:
+    """Bytes of a Spark size setting ("1g", "4096m", "512k", "0"; a bare number is bytes, as
+    for spark.driver.maxResultSize)."""
+    text = setting.strip().lower()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    if not digits or text[digits:] not in _UNITS:
+        raise ConfigError(f"spark.driver.maxResultSize {setting!r} is not a size (e.g. 1g, 4096m)")
+    return int(text[:digits]) * _UNITS[text[digits:]]
+
+
+def check_result_size(blobs: int, dim: int, max_result_size: str) -> None:
+    """ConfigError before a pass whose result, ``blobs`` d x d float64 statistics, exceeds
+    spark.driver.maxResultSize (0: no limit).  Past it Spark aborts the stage after the work,
+    and on Spark 4.0.1 killing that stage's other tasks once crashed the driver's JVM
+    (docs/BENCHMARKS.md, "Large d over Spark Connect"): d = 4096 with 10 blobs is 1.3 GB."""
+    limit = byte_size(max_result_size)
+    need = blobs * (dim * dim + 2 * dim + 2) * 8
+    if limit and need > limit:
+        enough = f"{-(-need // 2**30) + 1}g"
+        raise ConfigError(
+            f"the diagnostics bring {blobs} statistics of d = {dim} to the driver, {need / 2**30:.2f} GiB, above "
+            f"spark.driver.maxResultSize = {max_result_size}: raise it (--spark-conf spark.driver.maxResultSize="
+            f"{enough}; over Spark Connect a setting of the server) or ask for fewer methods or budgets")
