@@ -129,3 +129,37 @@ def test_local_yaml_lists_every_option():
     for name in ("methods", "budgets", "covariance", "tolerated_eps", "holdout_fraction", "master"):
         value = getattr(defaults, name)
         assert (tuple(data[name]) if isinstance(value, tuple) else data[name]) == value, name
+
+
+def test_relative_paths_name_the_same_tables_for_writes_reads_and_sql(spark, tmp_path, monkeypatch, capsys):
+    """--output, sources and --table given relative to the working directory (as the README's
+    walk-through does): Delta's SQL takes no relative path and Spark resolves one against its
+    JVM's directory, so the store makes them absolute first.  Before that, every table looked
+    missing: the ledger recorded version -1 for each write and verify found no run."""
+    import numpy as np
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    from conftest import SESSION_ARGS, gaussian_tables
+    from distunlearn.commands.cli import main
+
+    gaussian_tables(spark, tmp_path / "in", n_forget=40, n_retain=80, dim=3)
+    write_deltalake(str(tmp_path / "corpus"), pd.DataFrame({"id": np.arange(40), "text": "doc"}))
+    monkeypatch.chdir(tmp_path)  # this process only: the JVM keeps its own directory
+    run = ["--forget", "in/forget", "--retain", "in/retain", "--output", "out", "--methods", "lr_gauss",
+           "--budgets", "0.25", *SESSION_ARGS]
+    assert main(["run", *run, "--run-id", "r1"], launch=False) == 0
+    assert main(["run", *run, "--run-id", "r2"], launch=False) == 0
+    runs = read_delta(tmp_path / "out" / "runs").set_index("run_id")
+    outputs = dict(runs.loc["r1", "outputs"])  # delta-rs reads a map as (key, value) pairs
+    assert len(outputs) >= 5 and all(v >= 0 for v in outputs.values()), outputs
+    assert (runs.loc["r1", "forget_version"], runs.loc["r1", "retain_version"]) == (0, 0)
+    assert (runs.loc["r2", "statistics_mode"], runs.loc["r2", "base_run_id"]) == ("incremental", "r1")
+    cleaning = ["--output", "out", "--run-id", "r1", "--method", "lr_gauss", "--budget", "0.25", "--table", "corpus",
+                *SESSION_ARGS]
+    assert main(["verify", *cleaning], launch=False) == 3
+    assert main(["apply", *cleaning], launch=False) == 0
+    assert main(["verify", *cleaning], launch=False) == 0
+    capsys.readouterr()
+    want = set(read_sets(tmp_path / "out").query("run_id == 'r1'")["id"])
+    assert len(want) == 10 and set(read_delta(tmp_path / "corpus")["id"]) == set(range(40)) - want

@@ -22,7 +22,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from distunlearn.errors import InputError
-from distunlearn.store.sources import delta_ref, first_row, history, is_delta, is_path
+from distunlearn.store.sources import delta_ref, first_row, history, is_delta, is_path, qualify
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Table:
             reader = self.spark.read.format("delta")
             if version is not None:
                 reader = reader.option("versionAsOf", version)
-            return reader.load(self.name)
+            return reader.load(qualify(self.name))
         suffix = "" if version is None else f" VERSION AS OF {version}"
         return self.spark.sql(f"SELECT * FROM {self.sql}{suffix}")
 
@@ -154,7 +154,7 @@ def write_copy(df: DataFrame, target: str, partition_by: list[str], app_id: str,
               .option("txnAppId", app_id).option("txnVersion", txn_version).option("userMetadata", metadata))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(target)
+    writer.save(qualify(target))
 
 
 def write_export(df: DataFrame, target: str, fmt: str) -> None:
@@ -168,9 +168,9 @@ def write_export(df: DataFrame, target: str, fmt: str) -> None:
     writer = df.write.format(fmt).mode("overwrite")
     if fmt == "delta":
         writer = writer.option("overwriteSchema", "true")
-    writer.save(target)
+    writer.save(qualify(target))
 
 
 def write_table(df: DataFrame, path: str) -> None:
     """Replace the Delta table at ``path`` with ``df`` (the demo's input tables)."""
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(qualify(path))

@@ -39,7 +39,7 @@ from distunlearn.options import Options, from_flat, to_flat
 from distunlearn.progress import Stage
 from distunlearn.store import tables
 from distunlearn.store.delta import append, check_schema, frame_of, replace_run
-from distunlearn.store.sources import is_delta
+from distunlearn.store.sources import is_delta, qualify
 from distunlearn.store.tables import Table
 
 if TYPE_CHECKING:
@@ -104,7 +104,8 @@ class Store:
     # ------------------------------------------------------------------ basics
     def path(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
-        return str(Path(self.root) / name) if "://" not in self.root else f"{self.root.rstrip('/')}/{name}"
+        root = qualify(self.root)
+        return str(Path(root) / name) if "://" not in root else f"{root.rstrip('/')}/{name}"
 
     def exists(self, table: Table | str) -> bool:
         return is_delta(self.spark, self.path(table))

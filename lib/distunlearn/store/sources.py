@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,6 +24,17 @@ log = logging.getLogger(__name__)
 def is_path(source: str) -> bool:
     """A path (it has a separator or a scheme, or exists) rather than a catalog table name."""
     return "/" in source or "\\" in source or "://" in source or Path(source).exists()
+
+
+def qualify(path: str) -> str:
+    """A local path made absolute against this process's working directory; a URI (``s3://``,
+    ``file:/``) as it is.  Delta's SQL takes no relative path (``delta.`out/runs``` is looked
+    up as a table name), and Spark resolves one against its JVM's directory, not this
+    process's: every path the store hands to Spark goes through here, so that writes, reads
+    and SQL name the same table.  Over Spark Connect that is the client's directory."""
+    if "://" in path or path.startswith("file:"):
+        return path
+    return os.path.abspath(path)
 
 
 def first_row(df: DataFrame) -> Row:
@@ -41,7 +53,7 @@ NOT_DELTA = frozenset({"DELTA_TABLE_ONLY_OPERATION", "DELTA_MISSING_DELTA_TABLE"
 
 def delta_ref(path: str) -> str:
     """How SQL names the Delta table at ``path``."""
-    return "delta.`" + path.replace("`", "``") + "`"
+    return "delta.`" + qualify(path).replace("`", "``") + "`"
 
 
 def history(spark: SparkSession, ref: str, limit: int | None = None) -> list[Row] | None:
@@ -82,9 +94,9 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
         if is_delta(spark, source):
             log.info("%s: Delta table %s%s", domain, source, "" if version is None else f" version {version}")
             reader = spark.read.format("delta")
-            return (reader if version is None else reader.option("versionAsOf", version)).load(source)
+            return (reader if version is None else reader.option("versionAsOf", version)).load(qualify(source))
         try:
-            df = spark.read.parquet(source)
+            df = spark.read.parquet(qualify(source))
         except AnalysisException as exc:
             raise InputError(f"{domain} table {source!r} not found: not a Delta table or a Parquet "
                              f"folder ({str(exc).splitlines()[0][:160]})") from exc
@@ -100,7 +112,7 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
 def location(spark: SparkSession, source: str) -> str:
     """The folder of a Delta table given by path or catalog name."""
     if is_path(source):
-        return source.rstrip("/")
+        return qualify(source).rstrip("/")
     return str(first_row(spark.sql(f"DESCRIBE DETAIL {source}"))["location"]).rstrip("/")
 
 
