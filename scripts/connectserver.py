@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "connect.json"
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-READY = "Spark Connect server started"  # what SparkConnectServer logs once it listens
 
 
 @dataclasses.dataclass
@@ -126,7 +126,7 @@ def start(state_dir: Path, port: int = 0, ivy_dir: str = "~/.cache/distunlearn/i
     server.save()
     try:
         deadline = time.monotonic() + timeout
-        while READY not in logfile.read_text(errors="replace"):
+        while not _listening(port):  # not its "server started" log line: that is INFO, maybe filtered
             if child.poll() is not None:
                 raise EnvironmentSetupError(f"the Spark Connect server exited with status {child.returncode} "
                                             f"while starting; see {logfile}")
@@ -139,6 +139,16 @@ def start(state_dir: Path, port: int = 0, ivy_dir: str = "~/.cache/distunlearn/i
         raise
     log.info("Spark Connect server up: %s (log %s)", server.url, logfile)
     return server
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port`` (the gRPC server binds
+    once it is ready to serve)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import StructType
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructType
 
 from distunlearn.errors import ConflictError, InputError
 
@@ -61,13 +62,24 @@ def last_commit(spark: SparkSession, path: str) -> tuple[int, str]:
     return int(rows[0]["version"]), str(metrics.get("numOutputRows", "?"))
 
 
+def plain_strings(df: DataFrame) -> DataFrame:
+    """``df`` with its string columns cast to plain ``string``.  Over Spark Connect on Spark 4.2
+    a string column that comes out of mapInArrow is typed ``string collate UTF8_BINARY`` (the
+    same bytes and order), which Delta stores as such and other Delta readers (delta-rs) refuse.
+    The cast names the type in SQL: a client-side ``StringType()`` is sent with its collation."""
+    strings = {f.name for f in df.schema.fields if isinstance(f.dataType, StringType)}
+    if not strings:
+        return df
+    return df.select(*[F.col(c).cast("string").alias(c) if c in strings else F.col(c) for c in df.columns])
+
+
 def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",),
                 merge_schema: bool = False) -> int:
     """Write ``df`` (which has a run_id column equal to ``run_id``) as the run's rows of the
     Delta table at ``path``, replacing earlier rows of the same run in one commit; return the
     table version written.  ``merge_schema`` adds new columns to an older table."""
     start = time.monotonic()
-    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'")
+    writer = plain_strings(df).write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'")
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
     if partition_by:
@@ -94,4 +106,4 @@ def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, 
 
 def append(df: DataFrame, path: str) -> None:
     """Append ``df`` to the Delta table at ``path`` (created on first use)."""
-    df.write.format("delta").mode("append").save(path)
+    plain_strings(df).write.format("delta").mode("append").save(path)
