@@ -17,6 +17,9 @@ import pytest
 from distunlearn.commands.config import JobConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # localcluster: dev tooling
+# Every JVM the suite starts (this session, CLI and fault drivers, the Connect server, the
+# cluster's driver) reads tests/spark-conf/: Delta Lake's test settings and Spark's logs at WARN.
+os.environ["SPARK_CONF_DIR"] = str(Path(__file__).resolve().parent / "spark-conf")
 
 ARROW_BATCH = 7
 SHUFFLE_PARTITIONS = 4

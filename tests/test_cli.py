@@ -1,6 +1,8 @@
-"""The command line as a user runs it: separate processes, exit codes, one-line errors, the
-demo end to end.  The spark-submit entry point (jobs/run.py) is tested on a standalone
-cluster against a local[2] run in tests/test_cluster.py."""
+"""The command line as a user runs it: exit codes, one-line errors, the demo end to end.  The
+console command runs as a separate process where the process is the point (--help once, the
+demo, the Ivy and offline-jar starts); the other cases call ``main(argv)`` in this process.
+The spark-submit entry point (jobs/run.py) is tested on a standalone cluster against a
+local[2] run in tests/test_cluster.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_delta, read_sets
+from conftest import SESSION_ARGS, read_delta, read_sets
+from distunlearn.commands.cli import main
 from distunlearn.commands.config import JobConfig
 from distunlearn.commands.session import delta_build
 
@@ -26,29 +29,32 @@ def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def test_help_lists_every_option_of_every_subcommand():
-    top = run([*CLI, "--help"])
+def test_help_lists_every_option_of_every_subcommand(capsys):
+    top = run([*CLI, "--help"])  # the console command itself, once
     assert top.returncode == 0
     for sub in ("run", "stats", "score", "evaluate", "demo"):
         assert sub in top.stdout
-        out = run([*CLI, sub, "--help"]).stdout
+        with pytest.raises(SystemExit) as done:
+            main([sub, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
         for f in dataclasses.fields(JobConfig):
             assert "--" + f.name.replace("_", "-") in out, (sub, f.name)
 
 
-def test_missing_required_option_is_one_line_and_exit_2(tmp_path):
-    res = run([*CLI, "run", "--forget", "x", "--retain", "y", "--output", str(tmp_path / "o")])
-    assert res.returncode == 2
+def test_missing_required_option_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["run", "--forget", "x", "--retain", "y", "--output", str(tmp_path / "o")], launch=False)
+    assert code == 2
     expected = "distunlearn: error: missing required option --run-id (or 'run_id:' in the config file)"
-    assert res.stderr.strip() == expected
+    assert capsys.readouterr().err.strip() == expected
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_config_file_key_is_reported(tmp_path):
+def test_bad_config_file_key_is_reported(tmp_path, capsys):
     conf = tmp_path / "c.yaml"
     conf.write_text("forget: a\nfeatures_col: emb\n")
-    res = run([*CLI, "run", "--config", str(conf)])
-    assert res.returncode == 2 and "unknown option 'features_col'" in res.stderr
+    assert main(["run", "--config", str(conf)], launch=False) == 2
+    assert "unknown option 'features_col'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +80,13 @@ def test_demo_runs_both_pairs_and_writes_the_tables(demo):
     assert len(read_delta(out / "statistics")) == 4
 
 
-def test_bad_input_from_the_command_line_exits_2_with_one_line(demo, tmp_path):
+def test_bad_input_from_the_command_line_exits_2_with_one_line(spark, demo, tmp_path, capsys):
     out, _ = demo
-    res = run([*CLI, "run", "--forget", str(out / "data/low/forget"), "--retain", str(out / "data/low/retain"),
-               "--feature-col", "embedding", "--output", str(tmp_path / "o"), "--run-id", "x",
-               "--spark-conf", "spark.ui.enabled=false"])
-    assert res.returncode == 2
-    last = res.stderr.strip().splitlines()[-1]
+    code = main(["run", "--forget", str(out / "data/low/forget"), "--retain", str(out / "data/low/retain"),
+                 "--feature-col", "embedding", "--output", str(tmp_path / "o"), "--run-id", "x", *SESSION_ARGS],
+                launch=False)
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("distunlearn: error: forget table has no column 'embedding'")
     assert not (tmp_path / "o").exists()
 

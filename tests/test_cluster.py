@@ -14,8 +14,8 @@ packed virtualenv shipped with ``--archives`` (see that module for why not ``--p
   logs the scoring stage: the driver loses that executor, finishes on the remaining worker, and
   the outputs are again identical.
 
-Every test starts its own cluster and stops every process it started (by process group) in a
-finalizer, also when the test fails, then checks that none is left.  The outputs are read
+The two share one cluster, started for the module and stopped with every process it started
+(by process group) in a finalizer, also when a test fails, then checked that none is left.  The outputs are read
 back with delta-rs (``deltalake``), not Spark.
 """
 
@@ -76,9 +76,11 @@ def archive() -> Path:
     return localcluster.pack_environment(ROOT / "dist" / "distunlearn-env.tar.gz")
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    started = localcluster.start(tmp_path / "cluster", workers=2, cores=1, memory="1g")
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module's two jobs: the worker-kill test comes last in the file (pytest
+    runs a module's tests in order), so the first job has both workers."""
+    started = localcluster.start(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="1g")
     try:
         yield started
     finally:

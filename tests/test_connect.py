@@ -12,6 +12,7 @@ same order and every number must be equal, not close.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -54,6 +55,24 @@ def server(tmp_path_factory):
 def over_connect(server, args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CONSOLE, *args, *SESSION_ARGS, "--remote", server.url], capture_output=True, text=True,
                           timeout=900, env=subprocess_env())
+
+
+def over_connect_in_one_process(server, commands: list[list[str]]) -> tuple[list[int], str]:
+    """Each command line of ``commands`` through ``main(argv)`` in one client process that holds
+    a Connect session (as a notebook does; one process start instead of one per command):
+    the exit codes, and the process's stderr."""
+    script = "\n".join([
+        "import json, sys",
+        "from pyspark.sql import SparkSession",
+        "from distunlearn.commands.cli import main",
+        f"SparkSession.builder.remote({server.url!r}).getOrCreate()",
+        f"codes = [main([*argv, *{SESSION_ARGS!r}], launch=False) for argv in {commands!r}]",
+        "print(json.dumps(codes))",
+    ])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
+                          env=subprocess_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
 def classic(spark, args: list[str]) -> int:
@@ -135,11 +154,13 @@ def test_apply_verify_undo_purge_over_connect_as_on_the_classic_session(spark, s
     tables = {side: _corpus(tmp_path / side, forget, retain) for side in ("classic", "connect")}
     steps = [("verify", [], 3), ("apply", [], 0), ("verify", [], 0), ("undo", [], 0), ("verify", [], 3),
              ("apply", [], 0), ("purge", ["--retention-hours", "0", "--ignore-retention-check"], 0)]
-    for command, extra, code in steps:
-        base = [command, "--output", str(out), "--run-id", "c1", "--method", "lr_gauss", "--budget", "0.29", *extra]
-        assert classic(spark, [*base, "--table", tables["classic"]]) == code, command
-        done = over_connect(server, [*base, "--table", tables["connect"]])
-        assert done.returncode == code, (command, done.stderr[-2000:])
+    lines = [[command, "--output", str(out), "--run-id", "c1", "--method", "lr_gauss", "--budget", "0.29", *extra]
+             for command, extra, _ in steps]
+    want = [code for *_, code in steps]
+    assert [classic(spark, [*line, "--table", tables["classic"]]) for line in lines] == want
+    codes, stderr = over_connect_in_one_process(server, [[*line, "--table", tables["connect"]] for line in lines])
+    assert codes == want, stderr[-3000:]
+    assert "over the active Spark Connect session" in stderr
     from deltalake import DeltaTable
 
     got = {side: DeltaTable(path).to_pandas().sort_values("id").reset_index(drop=True) for side, path in tables.items()}

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_config, read_delta, read_sets, write_table
+from conftest import SESSION_ARGS, make_config, read_delta, read_sets, write_table
 from distunlearn.commands.run import run_pipeline
 from distunlearn.core.groups import apportion, capacities, effective_k, sample_weight
 from distunlearn.errors import ConfigError, InputError
@@ -287,25 +287,18 @@ def test_score_subcommand_with_groups_and_a_later_run_without(spark, grouped):
     assert sets[sets.run_id == "g-plain"].group.isna().all() and (sets.run_id == "g-plain").sum() == 40
 
 
-def test_group_options_from_the_command_line(grouped, tmp_path):
-    """The group flags as a user types them: a separate process, exit 0, the group tables."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import subprocess_env
+def test_group_options_from_the_command_line(spark, grouped, tmp_path, capsys):
+    """The group flags as a user types them, through the command line's ``main(argv)``: exit 0,
+    the group tables."""
+    from distunlearn.commands.cli import main
 
     _, paths, _ = grouped
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "distunlearn", "run", "--forget", paths["forget"], "--retain",
-                          paths["retain"], "--output", str(out), "--run-id", "cli", "--methods", "lr_gauss",
-                          "--budgets", "0.5,1.0", "--group-col", "lang", "--group-budget", "stratified",
-                          "--group-cap", "0.5", "--reweight", "--shuffle-partitions", "3",
-                          "--spark-conf", "spark.ui.enabled=false"],
-                         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
-                         env=subprocess_env())
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "highest deletion rate" in res.stdout
+    code = main(["run", "--forget", paths["forget"], "--retain", paths["retain"], "--output", str(out),
+                 "--run-id", "cli", "--methods", "lr_gauss", "--budgets", "0.5,1.0", "--group-col", "lang",
+                 "--group-budget", "stratified", "--group-cap", "0.5", "--reweight", *SESSION_ARGS], launch=False)
+    assert code == 0
+    assert "highest deletion rate" in capsys.readouterr().out
     diag = read_delta(out / "group_diagnostics")
     # caps: a min(50, 35) = 35, b min(30, 45) = 30; k = 40: a's quota 25, b 15; k = 80 -> 65: a 35, b 30
     got = {(r.budget, r.group): r.removed for r in diag.itertuples()}
