@@ -15,8 +15,8 @@ packed virtualenv shipped with ``--archives`` (see that module for why not ``--p
   the outputs are again identical.
 
 The two share one cluster, started for the module and stopped with every process it started
-(by process group) in a finalizer, also when a test fails, then checked that none is left.  The outputs are read
-back with delta-rs (``deltalake``), not Spark.
+(by process group) in a finalizer, also when a test fails, then checked that none is left.
+The outputs are read back with delta-rs (``deltalake``), not Spark.
 """
 
 from __future__ import annotations
