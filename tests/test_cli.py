@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,10 +61,18 @@ def test_bad_config_file_key_is_reported(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "output"
-    res = run([*CLI, "demo", "--output", str(out), "--forget-rows", "400", "--retain-rows", "800",
-               "--dim", "4", "--budgets", "0.1,0.5", "--shuffle-partitions", "3",
-               "--spark-conf", "spark.ui.enabled=false"])
+    root = tmp_path_factory.mktemp("demo")
+    out = root / "output"
+    # The suite's Spark defaults without its log4j2 file: the console command's own log
+    # configuration applies, as for a user (the session fixture has resolved the jars by now).
+    conf_dir = root / "spark-conf"
+    conf_dir.mkdir()
+    shutil.copy(ROOT / "tests/spark-conf/spark-defaults.conf", conf_dir)
+    res = subprocess.run([*CLI, "demo", "--output", str(out), "--forget-rows", "400", "--retain-rows", "800",
+                          "--dim", "4", "--budgets", "0.1,0.5", "--shuffle-partitions", "3",
+                          "--report-sample-rows", "200", "--spark-conf", "spark.ui.enabled=false"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+                         env={**os.environ, "SPARK_CONF_DIR": str(conf_dir)})
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
 
@@ -70,6 +80,14 @@ def demo(tmp_path_factory):
 def test_demo_runs_both_pairs_and_writes_the_tables(demo):
     out, res = demo
     assert "low separability" in res.stdout and "alpha = KL(p1||p)" in res.stdout and "high separability" in res.stdout
+    # The short summary: both budgets, the calibration and best-method lines, then the reports.
+    assert res.stdout.count("calibration: tolerating eps") == 2 and res.stdout.count("best here: ") == 2
+    pages = [out.resolve() / f"report-demo-{name}.html" for name in ("low", "high")]
+    assert res.stdout.rstrip().splitlines()[-2:] == [f"  {p}" for p in pages]
+    for page in pages:
+        html = page.read_text()
+        assert "<h3>Every budget</h3>" in html and "Best here: " in html
+        assert html.count('<figure id="fig-') == 3  # scores, KL curves, frontier (no evaluation yet)
     runs = read_delta(out / "runs")
     assert sorted(runs.run_id) == ["demo-high", "demo-low"] and set(runs.status) == {"succeeded"}
     sets = read_sets(out)
@@ -78,6 +96,22 @@ def test_demo_runs_both_pairs_and_writes_the_tables(demo):
     assert set(per_run[per_run.index.get_level_values("budget") == 0.5]) == {200}
     assert len(sets) == 2 * 4 * (40 + 200)
     assert len(read_delta(out / "statistics")) == 4
+
+
+def test_the_console_is_one_line_per_stage_without_ivy_or_log4j_noise(demo):
+    """A warm start (the jars resolved once): no Ivy report, no log4j banner, no Spark INFO;
+    the job's lines are 'HH:MM:SS stage seconds (notes)'."""
+    _, res = demo
+    err = res.stderr
+    for noise in (":: resolving dependencies", "Ivy Default Cache", "log4j2-defaults.properties",
+                  "Setting default log level", "NativeCodeLoader", " INFO "):
+        assert noise not in err, noise
+    stages = re.findall(r"^\d\d:\d\d:\d\d (\w+) +\d+\.\d s(?:  \((.*)\))?$", err, re.MULTILINE)
+    names = [name for name, _ in stages]
+    assert names.count("statistics") == 2 and names.count("write_ranking") == 2, err[-3000:]
+    notes = dict(stages)
+    assert notes["statistics"] == "forget 400 x 4; retain 800 x 4"
+    assert re.fullmatch(r"removal_ranking v\d+ \d+ rows; removal_budgets v\d+ 8 rows", notes["write_ranking"])
 
 
 def test_bad_input_from_the_command_line_exits_2_with_one_line(spark, demo, tmp_path, capsys):

@@ -144,11 +144,12 @@ def wait(proc: subprocess.Popen, log: Path) -> str:
 
 
 def wait_for_scoring(proc: subprocess.Popen, log: Path, cluster: localcluster.LocalCluster) -> None:
-    """Return once the driver has logged the scoring stage (the statistics pass has run on
-    both executors by then), after checking the executors' Python workers run the archive's
-    interpreter, unpacked in their working folders, and not the driver's."""
+    """Return once the driver has logged the end of the statistics stage (that pass has run on
+    both executors; scoring starts), after checking the executors' Python workers run the
+    archive's interpreter, unpacked in their working folders, and not the driver's."""
     deadline = time.monotonic() + TIMEOUT
-    while "stage score_select ..." not in log.read_text(errors="replace"):
+    done = re.compile(r"^\d\d:\d\d:\d\d statistics +\d+\.\d s", re.MULTILINE)
+    while not done.search(log.read_text(errors="replace")):
         assert proc.poll() is None, "job ended before the scoring stage:\n" + log.read_text()[-3000:]
         assert time.monotonic() < deadline, "scoring stage not reached"
         time.sleep(0.2)

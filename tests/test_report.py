@@ -45,6 +45,11 @@ def test_report_has_every_figure_and_the_tables_values(spark, evaluated_run, tmp
     cal = read_delta(f"{evaluated_run.output}/calibration")
     assert f"the frontier reaches alpha = {cal.alpha_max.iloc[0]:.4g}" in page
     assert "(100 forget, 100 retain rows)" in page
+    diag = read_delta(f"{evaluated_run.output}/diagnostics").query("method == 'lr_gauss' and budget == 0.5")
+    assert f"<td>{diag.alpha.iloc[0]:.4f} / {diag.eps.iloc[0]:.4f}</td>" in page  # the every-budget table
+    reached = cal.loc[cal.budget_for_target.notna()]
+    best = sorted(reached.method[reached.budget_for_target == reached.budget_for_target.min()])
+    assert f"<b>Best here: {' and '.join(best)}</b>" in page
 
 
 def test_report_without_evaluation_says_how_to_get_it(spark, tmp_path):
@@ -77,6 +82,7 @@ def test_report_renders_in_headless_chromium(spark, evaluated_run, tmp_path):
     assert body is not None, res.stdout[:500]
     # Set by the page's own script on window load: every image decoded with a real width.
     assert 'data-figures="4"' in body.group(0) and 'data-rendered="4"' in body.group(0), body.group(0)
+    assert "Every budget" in res.stdout and "Best here: " in res.stdout
     shot = tmp_path / "page.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1200,2400",
                     f"--screenshot={shot}", path.resolve().as_uri()], capture_output=True, timeout=120, check=False)

@@ -259,22 +259,23 @@ def select_removal(spark: SparkSession, forget: DataFrame | str, retain: DataFra
     opts = (options or Options()).replace(**parts).check()
     timings = {} if timings is None else timings
     f_df, r_df = _frame(spark, forget, "forget"), _frame(spark, retain, "retain")
-    with Stage(timings, "read_check"):
-        if not prepared:
+    if not prepared:
+        with Stage(timings, "read_check"):
             f_df = prepare(f_df, "forget", opts)
             r_df = prepare(r_df, "retain", opts, check=opts.columns.check_retain_ids and statistics is None)
-    with Stage(timings, "statistics"):
-        if statistics is None:
+    if statistics is None:
+        with Stage(timings, "statistics"):
             text = text_model(f_df, r_df, opts) if opts.columns.text else None
             if text:
                 f_df, r_df = featurize(text, f_df, r_df)
             statistics = compute_statistics(f_df, r_df, opts, text)
-        else:
-            if opts.columns.text:
-                if statistics.text is None:
-                    raise InputError("text input needs the n-gram statistics of the run (none were given)")
-                f_df, r_df = featurize(statistics.text, f_df, r_df)
-            if opts.columns.groups and not statistics.forget.groups:  # stored statistics keep no groups
+    else:
+        if opts.columns.text:
+            if statistics.text is None:
+                raise InputError("text input needs the n-gram statistics of the run (none were given)")
+            f_df, r_df = featurize(statistics.text, f_df, r_df)
+        if opts.columns.groups and not statistics.forget.groups:  # stored statistics keep no groups
+            with Stage(timings, "group_statistics"):
                 statistics = _with_group_stats(statistics, f_df, r_df, opts)
     f_stats, r_stats = statistics.forget.stats, statistics.retain.stats
     methods = opts.scoring.methods

@@ -58,10 +58,31 @@ failed (verify found removed ids, conservation broken), 1 other failure.
 """
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("distunlearn").setLevel(level)
+class _ConsoleFormat(logging.Formatter):
+    """``HH:MM:SS message``; warnings and errors also name their level."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.WARNING:
+            stamp, _, rest = line.partition(" ")
+            line = f"{stamp} {record.levelname} {rest}"
+        return line
+
+
+def _setup_logging(level: str, verbose: bool) -> None:
+    """The job's messages on stderr: one line per stage at INFO; --verbose adds the DEBUG
+    details with each message's logger name."""
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ConsoleFormat())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("distunlearn").setLevel("DEBUG" if verbose else level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> int:
     from distunlearn.commands.demo import write_demo_tables, write_text_tables
+    from distunlearn.commands.report import write_report
     from distunlearn.commands.run import run_pipeline
 
     if args.text:
@@ -121,14 +143,21 @@ def _run_demo(spark: SparkSession, cfg: JobConfig, args: argparse.Namespace) -> 
             raise DistUnlearnError(f"--{name} must be positive, got {value}")
     data = write_demo_tables(spark, str(Path(cfg.output).resolve()), args.forget_rows, args.retain_rows,
                              args.dim, cfg.seed)
+    pages = []
     for d in data:
         run_cfg = dataclasses.replace(cfg, forget=d.forget, retain=d.retain, id_col="id",
-                                      feature_col="features", run_id=f"demo-{d.name}")
-        report = run_pipeline(spark, run_cfg.check())
-        print(f"\n== {d.name} separability (population kappa = KL(p1||p2) = {d.kappa:.3f})")
-        print(report.table())
+                                      feature_col="features", run_id=f"demo-{d.name}").check()
+        report = run_pipeline(spark, run_cfg)
+        page = write_report(spark, run_cfg, str(Path(cfg.output).resolve() / f"report-demo-{d.name}.html"),
+                            cfg.report_sample_rows)
+        pages.append(page)
+        print(f"\n== {d.name} separability (the generating Gaussians' kappa = {d.kappa:.3f})")
+        print(report.short())
     print(f"\nDelta tables under {Path(cfg.output).resolve()}: removal_ranking, removal_budgets, statistics, "
           "diagnostics, calibration, runs")
+    print("Every budget, the figures and which method is best, in the reports:")
+    for page in pages:
+        print(f"  {page}")
     return 0
 
 
@@ -161,7 +190,7 @@ def main(argv: Sequence[str] | None = None, launch: bool = True) -> int:
     try:
         base = {"output": args.output} if args.command == "demo" and "output" in vars(args) else None
         cfg = from_args(args, base)
-        _setup_logging(cfg.log_level)
+        _setup_logging(cfg.log_level, cfg.verbose)
         if args.command == "demo":
             cfg = dataclasses.replace(cfg, run_id=cfg.run_id or "demo").check(required=("output",))
         elif args.command in ("evaluate", "report"):  # the sources default to those the run recorded

@@ -199,8 +199,10 @@ class JobConfig:
                                  "interpreter path, which must exist on every worker; ignored "
                                  "under spark-submit (use --archives)")
     spark_conf: dict[str, str] = _f({}, "extra Spark settings, KEY=VALUE (repeatable)")
-    log_level: str = _f("INFO", "log level of the job's own messages",
+    log_level: str = _f("INFO", "log level of the job's own messages (INFO: one line per stage)",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    verbose: bool = _f(False, "the job's DEBUG details (sources, each table written, each pass) and "
+                              "Spark's own INFO logs; without it Spark logs warnings only")
 
     def options(self) -> Options:
         """The selection's options (:class:`distunlearn.options.Options`), not yet checked."""

@@ -14,6 +14,7 @@ Delta tables with Spark.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from distunlearn.store.lake import write_table
 
@@ -45,6 +46,13 @@ def gaussian_rows(n: int, dim: int, shift: float, rng: np.random.Generator, firs
     return pd.DataFrame({"id": np.arange(first_id, first_id + n, dtype=np.int64), "features": list(x)})
 
 
+def _local_frame(spark: SparkSession, pdf: pd.DataFrame, schema: str, rows: int = 5000) -> DataFrame:
+    """``pdf`` as a DataFrame built from pieces of ``rows`` rows: in one piece, the 100 000 demo
+    rows travel in two tasks of ~6 MB each and Spark warns about every one."""
+    pieces = [spark.createDataFrame(pdf.iloc[i:i + rows], schema) for i in range(0, len(pdf), rows)]
+    return functools.reduce(DataFrame.unionByName, pieces)
+
+
 def write_demo_tables(spark: SparkSession, root: str, forget_rows: int, retain_rows: int, dim: int,
                       seed: int) -> list[DemoData]:
     """Write ``<root>/data/<name>/{forget,retain}`` Delta tables for both separations."""
@@ -56,7 +64,7 @@ def write_demo_tables(spark: SparkSession, root: str, forget_rows: int, retain_r
         paths = {}
         for domain, pdf in tables.items():
             path = f"{root.rstrip('/')}/data/{name}/{domain}"
-            write_table(spark.createDataFrame(pdf, "id long, features array<float>").repartition(4), path)
+            write_table(_local_frame(spark, pdf, "id long, features array<float>").repartition(4), path)
             paths[domain] = path
         log.info("demo %s: %d forget + %d retain rows, d=%d, kappa=%.3f", name, forget_rows, retain_rows,
                  dim, sep * sep / 2)

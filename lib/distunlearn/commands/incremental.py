@@ -107,8 +107,8 @@ def merged_statistics(spark: SparkSession, cfg: JobConfig, store: Store, base: B
     out = {}
     for domain, kept in (("forget", stored.forget), ("retain", stored.retain)):
         files = base.new_files[domain]
-        log.info("statistics of %s: run %s's (version %d, %d rows) + %d new files", domain, base.run_id,
-                 base.versions[domain], kept.counts.rows, len(files))
+        log.debug("statistics of %s: run %s's (version %d, %d rows) + %d new files", domain, base.run_id,
+                  base.versions[domain], kept.counts.rows, len(files))
         if not files:
             out[domain] = kept
             continue

@@ -22,7 +22,7 @@ from distunlearn.commands.config import JobConfig
 from distunlearn.core.budgets import budget_label
 from distunlearn.core.diagnostics import Diagnostics, GroupPoint
 from distunlearn.core.stats import Statistics
-from distunlearn.progress import Stage
+from distunlearn.progress import Stage, note
 from distunlearn.store.output import RunRecord, Store
 from distunlearn.store.sources import delta_version, read_source
 
@@ -75,6 +75,33 @@ class RunReport:
         if self.groups:
             lines.extend(self._group_lines(methods))
         lines.append("timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+    def short(self, rows: int = 4) -> str:
+        """A few budgets (``rows``, evenly spread, the largest included) with k and each method's
+        alpha / eps, and the calibration line; :meth:`table` and the HTML report have them all."""
+        d = self.diagnostics
+        every = self._budget_rows()
+        if d is None or not every:
+            return self.table()
+        methods = list(dict.fromkeys(str(r["method"]) for r in self.summary))
+        picked = sorted({round(i * (len(every) - 1) / max(rows - 1, 1)) for i in range(rows)})
+        lines = [f"run {self.run_id}: {self.n_forget} forget and {self.n_retain} retain rows, d = {self.dim}; "
+                 f"kappa = KL(p1||p2) = {d.kappa:.4g}, no removal: alpha {d.baseline.alpha:.4g}, "
+                 f"eps {d.baseline.eps:.4g}",
+                 "alpha = KL(p1||p) (removal, higher is better) / eps = KL(p2||p) (cost, lower is better):",
+                 f"{'budget':>8} {'k':>8} " + " ".join(f"{m:>17}" for m in methods)]
+        for label, k, _ in (every[i] for i in picked):
+            cells = " ".join(f"{d.points[(m, k)].alpha:>8.4f}/{d.points[(m, k)].eps:<8.4f}" for m in methods)
+            lines.append(f"{label:>8} {k:>8} {cells}")
+        lines.append(self._diagnostics_lines(methods)[-1])  # the calibration line
+        reached = {m: b for m, b in d.budget_for_target.items() if b is not None}
+        if reached:
+            best = min(reached.values())
+            names = " and ".join(m for m, b in reached.items() if b == best)
+            lines.append(f"best here: {names} (the target removal at budget {best:g})")
+        else:
+            lines.append("best here: none (no method reaches the target removal within these budgets)")
         return "\n".join(lines)
 
     def _budget_rows(self) -> list[tuple[str, int, dict[str, Any]]]:
@@ -142,23 +169,28 @@ def _inputs(spark: SparkSession, cfg: JobConfig, record: RunRecord) -> tuple[Dat
     return frames[0], frames[1]
 
 
-def _statistics(spark: SparkSession, cfg: JobConfig, store: Store, forget: DataFrame, retain: DataFrame,
-                record: RunRecord) -> Statistics | None:
-    """The statistics merged from an earlier run's and the new rows', or None (the engine
-    computes them in full; ``record`` says why)."""
+def _base(spark: SparkSession, cfg: JobConfig, store: Store, record: RunRecord) -> incremental.Base | None:
+    """The earlier run whose statistics this run can extend with the new rows' only, or None
+    (the engine computes them in full; ``record`` says why)."""
     if cfg.text_col:  # the projection's IDF weights change with every added document
         record.statistics_note = "text input: the TF-IDF features depend on every document"
-        log.info("statistics: full pass (%s)", record.statistics_note)
+        log.debug("statistics: full pass (%s)", record.statistics_note)
         return None
     base, reason = incremental.find_base(spark, cfg, store, record)
     if base is None:
         if reason:
-            log.info("statistics: full pass (%s)", reason)
+            log.debug("statistics: full pass (%s)", reason)
         record.statistics_note = reason
-        return None
+    return base
+
+
+def _merged(spark: SparkSession, cfg: JobConfig, store: Store, base: incremental.Base,
+            record: RunRecord) -> Statistics:
+    """The statistics merged from ``base``'s and the new rows'."""
     merged = incremental.merged_statistics(spark, cfg, store, base, record)
     record.statistics_mode, record.base_run_id = "incremental", base.run_id
     record.statistics_note = ", ".join(f"{d}: {len(files)} new files" for d, files in base.new_files.items())
+    note(f"incremental from run {base.run_id}: {record.statistics_note}")
     return merged
 
 
@@ -171,8 +203,12 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     timings: dict[str, float] = {}
     with Stage(timings, "read_check"):
         forget, retain = _inputs(spark, cfg, record)
-    with Stage(timings, "statistics"):
-        statistics = _statistics(spark, cfg, store, forget, retain, record)
+    with Stage(timings, "incremental_check"):
+        base = _base(spark, cfg, store, record)
+    statistics = None
+    if base is not None:  # else the engine computes them in its own "statistics" stage
+        with Stage(timings, "statistics"):
+            statistics = _merged(spark, cfg, store, base, record)
     result = engine.select_removal(spark, forget, retain, cfg.options(), statistics=statistics, prepared=True,
                                    timings=timings)
     with result:

@@ -21,6 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from distunlearn.commands.config import JobConfig
 from distunlearn.errors import EnvironmentSetupError
@@ -93,7 +94,6 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_size),
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.ui.showConsoleProgress": "false",
         # Delta 4.0.1 + Spark 4.0.1: DML on tables with deletion vectors can fail with
         # FIELD_NOT_FOUND `row_index` in _metadata (after a RESTORE, or on delta-rs tables);
         # Delta's own row-index column works (tests/test_apply.py covers it).
@@ -122,10 +122,68 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
                 raise EnvironmentSetupError(f"delta_jars: file {missing[0]!r} not found")
             conf["spark.jars"] = ",".join(jars)
         else:
-            conf["spark.jars.packages"] = delta_build().package
-            conf["spark.jars.ivy"] = str(Path(cfg.ivy_dir).expanduser())
+            build = delta_build()
+            cached = cached_jars(cfg.ivy_dir, build)
+            if cached:  # resolved before: no Ivy resolution (and no report of it on the console)
+                conf["spark.jars"] = ",".join(cached)
+            else:
+                conf["spark.jars.packages"] = build.package
+                conf["spark.jars.ivy"] = str(Path(cfg.ivy_dir).expanduser())
+        if cfg.master.startswith("local") and "SPARK_LOCAL_IP" not in os.environ:
+            # A local master needs no network address (and Spark warns about the loopback one).
+            os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    # Spark's progress bar of running stages, on a terminal only (a log file would fill with it).
+    conf["spark.ui.showConsoleProgress"] = "true" if launch and sys.stderr.isatty() else "false"
     conf.update(cfg.spark_conf)
+    if launch and not cfg.verbose and not _user_log4j_config():
+        # Spark's logs at WARN from the start, without the banner of its default profile
+        # (--verbose: Spark's own configuration and INFO logs).
+        user = conf.get("spark.driver.extraJavaOptions", "")
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()} {user}".strip()
     return conf
+
+
+#: The console command's log4j2 configuration: Spark at WARN, a few startup warnings that say
+#: nothing to a user of this job at ERROR.
+QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
+
+
+def _user_log4j_config() -> bool:
+    """Whether the user's Spark configuration directory brings its own log4j2 file."""
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
+        str(Path(os.environ["SPARK_HOME"]) / "conf") if os.environ.get("SPARK_HOME") else "")
+    return bool(conf_dir) and (Path(conf_dir) / "log4j2.properties").is_file()
+
+
+def _manifest(ivy_dir: str, build: DeltaBuild) -> Path:
+    return Path(ivy_dir).expanduser() / "distunlearn" / f"{build.artifact}-{build.version}.jars"
+
+
+def cached_jars(ivy_dir: str, build: DeltaBuild) -> list[str]:
+    """The jar files an earlier launch resolved for ``build`` (listed by :func:`remember_jars`),
+    when every one is still in the cache; else [] (resolve with Ivy again)."""
+    manifest = _manifest(ivy_dir, build)
+    if not manifest.is_file():
+        return []
+    jars = [line for line in manifest.read_text().splitlines() if line]
+    return jars if jars and all(Path(j).is_file() for j in jars) else []
+
+
+def remember_jars(spark, ivy_dir: str) -> None:
+    """After Ivy resolved the Delta package: list the jar files it put on the classpath, so the
+    next launch passes them as spark.jars and skips the resolution."""
+    resolved = spark.sparkContext.getConf().get("spark.jars", "")
+    jars = [unquote(urlparse(j).path) if j.startswith("file:") else j for j in resolved.split(",") if j]
+    if not jars or not all(Path(j).is_file() for j in jars):
+        return
+    manifest = _manifest(ivy_dir, delta_build(spark.version))
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = manifest.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join(jars) + "\n")
+        tmp.replace(manifest)  # atomic: a concurrent launch reads the old list or the new one
+    except OSError as exc:  # a read-only cache: resolve again next time
+        log.debug("could not record the resolved Delta jars in %s: %s", manifest, exc)
 
 
 def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy import)
@@ -169,7 +227,10 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
         return _configure_connect(spark, cfg, "the platform's Spark Connect session")
     check_delta(spark, f"launch with spark-submit --packages {_package_hint(spark.version)} (or --jars with "
                        "local Delta jars)")
-    spark.sparkContext.setLogLevel("WARN")  # a classic session: the JVM this process launched or joined
+    # A classic session: the JVM this process launched or joined.
+    spark.sparkContext.setLogLevel("INFO" if cfg.verbose else "WARN")
+    if launch and "spark.jars.packages" in conf:
+        remember_jars(spark, cfg.ivy_dir)
     log.info("Spark %s, master %s, Delta %s, python %s", spark.version, spark.conf.get("spark.master"),
              _delta_source(conf), sys.executable)
     return spark
@@ -178,7 +239,8 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
 def _delta_source(conf: dict[str, str]) -> str:
     """Where the session's Delta jars come from, for messages."""
     if "spark.jars" in conf:
-        return conf["spark.jars"]
+        jars = conf["spark.jars"].split(",")
+        return f"{Path(jars[0]).name} and {len(jars) - 1} more jars in {Path(jars[0]).parent}"
     if "spark.jars.packages" in conf:
         return f"{conf['spark.jars.packages']} from Maven Central into {conf['spark.jars.ivy']}"
     return "from spark-submit's --packages or --jars"

@@ -46,6 +46,7 @@ def histogram_figure(scores: dict[str, dict[str, np.ndarray]]) -> str:
         ax.hist(scores["forget"][m], bins=bins, density=True, alpha=0.55, label="forget", color="tab:red")
         ax.set_title(m)
         ax.set_xlabel("score (higher: removed first)")
+        ax.set_ylabel("density")
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
     axes.flat[0].legend()
@@ -86,9 +87,14 @@ def frontier_figure(diag: list[dict[str, Any]], tolerated_eps: float | None) -> 
     for m in methods_of(diag):
         ax.plot(curve(diag, m, "alpha")[1], curve(diag, m, "eps")[1], marker="o", ls="-", lw=0.8, label=m)
     ax.plot([base["alpha"]], [base["eps"]], marker="s", color="gray", ls="", label="no removal")
-    if tolerated_eps is not None:
+    # The y range follows the points: a tolerated eps far above them would squash them flat.
+    top_eps = max([r["eps"] for r in diag] + [base["eps"]]) * 1.25 or 1.0
+    if tolerated_eps is not None and tolerated_eps <= top_eps:
         ax.axhline(tolerated_eps, color="tab:red", ls=":", lw=1, label=f"tolerated eps = {tolerated_eps:g}")
-    ax.set(xlabel="removal alpha = KL(p1||p)", ylabel="preservation eps = KL(p2||p)",
+    elif tolerated_eps is not None:
+        ax.plot([], [], color="tab:red", ls=":", lw=1, label=f"tolerated eps = {tolerated_eps:g} (above the plot)")
+    ax.set_ylim(-0.03 * top_eps, top_eps)
+    ax.set(xlabel="removal alpha = KL(p1||p), nats", ylabel="preservation eps = KL(p2||p), nats",
            title="trade-off per budget (lower right is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -91,6 +91,29 @@ def _group_section(data: ReportData) -> list[str]:
 
 
 # ---------------------------------------------------------------------- page
+def _best_method(cal: dict[str, dict[str, Any]]) -> str:
+    """One sentence: the method that reaches the target removal with the smallest budget."""
+    reached = {m: c["budget_for_target"] for m, c in cal.items() if c["budget_for_target"] is not None}
+    if not reached:
+        return "<p><b>Best here: none</b>: no method reaches the target removal within the run's budgets.</p>"
+    best = min(reached.values())
+    names = sorted(m for m, b in reached.items() if b == best)
+    verb = "reaches" if len(names) == 1 else "reach"
+    return (f"<p><b>Best here: {html.escape(' and '.join(names))}</b>, which {verb} the target removal by "
+            f"deleting {best:.0%} of the forget set.</p>")
+
+
+def _budget_table(diag: list[dict[str, Any]]) -> str:
+    """Budget, k, and alpha / eps of every method (the diagnostics table, one row per budget)."""
+    methods = list(dict.fromkeys(r["method"] for r in diag if r["method"] != "none"))
+    cells: dict[tuple[Any, Any], dict[str, str]] = {}
+    for r in diag:
+        if r["method"] != "none":
+            cells.setdefault((r["budget"], r["k"]), {})[r["method"]] = f"{r['alpha']:.4f} / {r['eps']:.4f}"
+    rows = [[b, k, *(row.get(m, "-") for m in methods)] for (b, k), row in sorted(cells.items(), key=lambda x: x[0][1])]
+    return _table(["budget", "k", *methods], rows)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -115,6 +138,8 @@ def render(data: ReportData) -> str:
              f"retain: <code>{html.escape(str(run['retain_source']))}</code> ({run['n_retain']} rows), "
              f"d = {run['dim']}, covariance {html.escape(str(run['covariance']))}; finished "
              f"{html.escape(str(run['finished_at']))}.</p>"]
+    if data.calibration:  # the answer first; the evidence follows
+        parts.append(_best_method({c["method"]: c for c in data.calibration}))
     if data.scores:
         n_f = len(next(iter(data.scores["forget"].values()), []))
         n_r = len(next(iter(data.scores["retain"].values()), []))
@@ -134,8 +159,13 @@ def render(data: ReportData) -> str:
         if first:
             parts.append(f"<p>Tolerating eps = {first['tolerated_eps']:g} nats, the frontier reaches alpha = "
                          f"{first['alpha_max']:.4g} (kappa = {first['kappa']:.4g}). Smallest budget reaching "
-                         f"alpha &ge; {first['target_alpha']:.4g}:</p>")
+                         f"alpha &ge; {first['target_alpha']:.4g} (the target removal: halfway from no "
+                         "removal to removing the whole forget set, unless --target-alpha sets it):</p>")
             parts.append(_table(["method", "budget"], [[m, c["budget_for_target"]] for m, c in cal.items()]))
+        parts += ["<h3>Every budget</h3>",
+                  "<p>alpha = KL(p1||p) (removal: higher is better) / eps = KL(p2||p) (preservation cost: "
+                  "lower is better), nats, of the data left after removing each method's top k.</p>",
+                  _budget_table(data.diagnostics)]
     if data.groups:
         parts += _group_section(data)
     if data.evaluation:

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructType
 
 from distunlearn.errors import ConflictError, InputError
+from distunlearn.progress import note
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, 
                         conflict, attempt + 1, WRITE_ATTEMPTS)
             time.sleep(0.5 * attempt)
     version, rows = last_commit(df.sparkSession, path)
-    log.info("wrote %s rows to %s (version %d) for run %s in %.1f s", rows, path, version, run_id,
-             time.monotonic() - start)
+    log.debug("wrote %s rows to %s (version %d) for run %s in %.1f s", rows, path, version, run_id,
+              time.monotonic() - start)
+    note(f"{path.rstrip('/').rsplit('/', 1)[-1]} v{version} {rows} rows")
     return version
 
 

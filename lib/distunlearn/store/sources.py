@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
 
 from distunlearn.errors import InputError
+from distunlearn.progress import note
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
     ``version`` pins a Delta table's version (what the run ledger records)."""
     if is_path(source):
         if is_delta(spark, source):
-            log.info("%s: Delta table %s%s", domain, source, "" if version is None else f" version {version}")
+            log.debug("%s: Delta table %s%s", domain, source, "" if version is None else f" version {version}")
+            note(f"{domain}: Delta" + ("" if version is None else f" v{version}"))
             reader = spark.read.format("delta")
             return (reader if version is None else reader.option("versionAsOf", version)).load(qualify(source))
         try:
@@ -100,10 +102,12 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
         except AnalysisException as exc:
             raise InputError(f"{domain} table {source!r} not found: not a Delta table or a Parquet "
                              f"folder ({str(exc).splitlines()[0][:160]})") from exc
-        log.info("%s: Parquet folder %s", domain, source)
+        log.debug("%s: Parquet folder %s", domain, source)
+        note(f"{domain}: Parquet")
         return df
     if spark.catalog.tableExists(source):
-        log.info("%s: catalog table %s%s", domain, source, "" if version is None else f" version {version}")
+        log.debug("%s: catalog table %s%s", domain, source, "" if version is None else f" version {version}")
+        note(f"{domain}: table {source}" + ("" if version is None else f" v{version}"))
         return spark.table(source) if version is None else spark.sql(
             f"SELECT * FROM {source} VERSION AS OF {version}")
     raise InputError(f"{domain} table {source!r} not found: not a path and not a catalog table")

@@ -47,6 +47,7 @@ from distunlearn.core.batches import ArrowUdf
 from distunlearn.core.budgets import Budget
 from distunlearn.core.groups import GroupPlan
 from distunlearn.core.ranking import Group, Offsets, offsets
+from distunlearn.progress import note
 from distunlearn.transforms.prepare import GROUP, ID
 from distunlearn.transforms.score import METHOD, SCORE, SCRATCH
 from distunlearn.transforms.statistics import Bounds
@@ -260,6 +261,7 @@ def rank_scores(scores: DataFrame, methods: tuple[str, ...], budgets: list[Budge
     bounds: Bounds = {m: {} for m in methods}
     for m, g, q in wanted:
         bounds[m].setdefault(g, []).append(last[(m, g, q)])
-    log.info("ranked %d candidate rows of %d methods in %.1f s", sum(b[3] for b in blocks), len(methods),
-             time.monotonic() - start)
+    candidates = sum(b[3] for b in blocks)
+    log.debug("ranked %d candidate rows of %d methods in %.1f s", candidates, len(methods), time.monotonic() - start)
+    note(f"{candidates} candidate rows of {len(methods)} methods ranked")
     return Ranking(rows, sets, bounds, (ranked, ordered))

@@ -32,6 +32,7 @@ from distunlearn.core.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.core.stats import DomainStats, GaussianStats
 from distunlearn.core.text import GRAMS, NgramStats, grams_of
 from distunlearn.errors import ConfigError, InputError
+from distunlearn.progress import note
 from distunlearn.transforms.merge import Merger, tree_merge
 from distunlearn.transforms.payload import Payload
 from distunlearn.transforms.prepare import FEATURES, GROUP, ID
@@ -131,8 +132,9 @@ def domain_stats(df: DataFrame, domain: str, feature_col: str, on_invalid: str) 
         log.warning("%s: dropped %d of %d rows with NaN or infinite features (on_invalid=drop)",
                     domain, counts.nonfinite, counts.rows)
     groups = {g: s for (is_total, g), (_, s) in merged.items() if not is_total and s is not None}
-    log.info("statistics of %s: %d rows x %d dims%s in %.1f s", domain, stats.n, stats.dim,
-             f", {len(groups)} groups" if groups else "", time.monotonic() - start)
+    log.debug("statistics of %s: %d rows x %d dims%s in %.1f s", domain, stats.n, stats.dim,
+              f", {len(groups)} groups" if groups else "", time.monotonic() - start)
+    note(f"{domain} {stats.n} x {stats.dim}" + (f", {len(groups)} groups" if groups else ""))
     return DomainStats(stats, counts, groups)  # type: ignore[arg-type]
 
 
@@ -184,8 +186,10 @@ def ngram_stats(df: DataFrame, domain: str, text_col: str, buckets: int) -> Ngra
         raise InputError(f"text column {text_col!r} of the {domain} table has {nulls} null values")
     if stats.n_docs == 0:
         raise InputError(f"the {domain} table has no rows")
-    log.info("n-gram statistics of %s: %d documents, %d n-grams in %d buckets (%d used) in %.1f s", domain,
-             stats.n_docs, stats.n_grams, buckets, int(np.count_nonzero(stats.counts)), time.monotonic() - start)
+    used = int(np.count_nonzero(stats.counts))
+    log.debug("n-gram statistics of %s: %d documents, %d n-grams in %d buckets (%d used) in %.1f s", domain,
+              stats.n_docs, stats.n_grams, buckets, used, time.monotonic() - start)
+    note(f"{domain} {stats.n_docs} documents, {used} of {buckets} buckets used")
     return stats
 
 
@@ -284,7 +288,7 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     # At most `cores` partials per key (the coalesce above): one level, no level-1 shuffle of
     # the d x d blobs (that level cost 5-10 s of this pass at 1M x 384, docs/BENCHMARKS.md).
     merged = tree_merge(parts, ["method", "grp", "bucket"], merger, fan=None)
-    log.info("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
+    log.debug("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
     return merged
 
 
