@@ -56,6 +56,32 @@ def _session_untouched(request):
     assert not changed, f"the test changed the shared session's settings: {changed}; pass SESSION_ARGS"
 
 
+@pytest.fixture(scope="session")
+def golden_run(spark, tmp_path_factory):
+    """``golden_run(name)``: the classic run of the golden case ``name`` (tests/golden_cases.py),
+    as (config, RunReport), made once per session on this session's tables.  Shared by the
+    modules that only read its outputs: test_golden compares them with the previous code's
+    stored outputs, test_connect with a run of the same case over Spark Connect."""
+    from distunlearn.commands.run import run_pipeline
+    from golden_cases import CASES, write_inputs
+
+    root = tmp_path_factory.mktemp("golden-runs")
+    inputs: dict[str, tuple[str, str]] = {}
+    done: dict[str, tuple[JobConfig, Any]] = {}
+
+    def get(name: str) -> tuple[JobConfig, Any]:
+        if name not in done:
+            case = next(c for c in CASES if c.name == name)
+            if case.inputs not in inputs:
+                inputs[case.inputs] = write_inputs(root / "inputs", case.inputs)
+            forget, retain = inputs[case.inputs]
+            cfg = make_config(root / name, forget, retain, run_id="golden", **case.options)
+            done[name] = (cfg, run_pipeline(spark, cfg))
+        return done[name]
+
+    return get
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """This process's environment with the checkout's lib/ first on PYTHONPATH (drivers started
     as subprocesses run this tree's code, installed or not), plus ``extra``."""

@@ -96,10 +96,10 @@ def assert_same_tables(a: Path, b: Path, tables: dict[str, list[str]]) -> list[s
     return seen
 
 
-def _config(path: Path, forget: str, retain: str, output: Path, options: dict) -> Path:
+def _config(path: Path, forget: str, retain: str, output: Path, options: dict, run_id: str = "c1") -> Path:
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     path.write_text(yaml.safe_dump({**data, "forget": forget, "retain": retain, "output": str(output),
-                                    "run_id": "c1"}))
+                                    "run_id": run_id}))
     return path
 
 
@@ -112,17 +112,18 @@ AS_FILE = ["--spark-conf", "spark.distunlearn.inlinePayloadBytes=0"]
                                         pytest.param("features", AS_FILE, id="features-model-as-session-file"),
                                         *[pytest.param(n, [], id=n) for n in ("groups-stratified-cap", "text",
                                                                               "text-groups")]])
-def test_run_over_connect_writes_what_the_classic_session_writes(spark, server, tmp_path, name, extra):
+def test_run_over_connect_writes_what_the_classic_session_writes(golden_run, server, tmp_path, name, extra):
+    """The case over Connect against the classic session's run of it (shared with test_golden,
+    which compares that run with the previous code's stored outputs)."""
     case = next(c for c in CASES if c.name == name)
-    forget, retain = write_inputs(tmp_path / "in", case.inputs)
-    for side in ("classic", "connect"):
-        _config(tmp_path / f"{side}.yaml", forget, retain, tmp_path / side, case.options)
-    assert classic(spark, ["run", "--config", str(tmp_path / "classic.yaml")]) == 0
+    classic_cfg, _ = golden_run(name)
+    _config(tmp_path / "connect.yaml", classic_cfg.forget, classic_cfg.retain, tmp_path / "connect", case.options,
+            run_id=classic_cfg.run_id)
     done = over_connect(server, ["run", "--config", str(tmp_path / "connect.yaml"), *extra])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "over Spark Connect at sc://127.0.0.1" in done.stderr
     assert ("sent as the session file distunlearn-scoring-model-" in done.stderr) == bool(extra)
-    compared = assert_same_tables(tmp_path / "classic", tmp_path / "connect", RUN_TABLES)
+    compared = assert_same_tables(Path(classic_cfg.output), tmp_path / "connect", RUN_TABLES)
     assert {"removal_ranking", "removal_budgets", "statistics", "diagnostics"} <= set(compared)
     runs = read_delta(tmp_path / "connect" / "runs")
     assert runs.status.tolist()[-1] == "succeeded"

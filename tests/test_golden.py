@@ -27,19 +27,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_config, read_delta, read_sets
-from distunlearn.commands.run import run_pipeline
-from golden_cases import CASES, GOLDEN, write_inputs
+from conftest import read_delta, read_sets
+from golden_cases import CASES, GOLDEN
 
 NUM_RTOL = 1e-12  # scores, statistics, thresholds: rounding of another numpy build (module docstring)
 DIAG_RTOL = 1e-9
 DIAG_ATOL = 1e-12
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("golden-inputs")
-    return {key: write_inputs(root, key) for key in {c.inputs for c in CASES}}
 
 
 def _by_k(old: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.DataFrame]:
@@ -64,10 +57,8 @@ SECOND_LINE = {"features", "groups-stratified-cap", "text"}
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.second_line] * (c.name in SECOND_LINE))
                                   for c in CASES])
-def test_outputs_equal_the_stored_outputs_of_the_previous_code(spark, inputs, tmp_path, case):
-    forget, retain = inputs[case.inputs]
-    cfg = make_config(tmp_path, forget, retain, run_id="golden", **case.options)
-    report = run_pipeline(spark, cfg)
+def test_outputs_equal_the_stored_outputs_of_the_previous_code(golden_run, case):
+    cfg, report = golden_run(case.name)
     out, gold = Path(cfg.output), GOLDEN / case.name
     stratified = case.options.get("group_budget") == "stratified"
 

@@ -107,8 +107,9 @@ def _prune(scores: DataFrame, k_max: int, n: int) -> DataFrame:
     passed = (scores.join(F.broadcast(cut), METHOD).where(F.col(SCORE) >= F.col("_cut"))
               .groupBy(METHOD, "_cut").count().collect())
     cuts = {r[METHOD]: r["_cut"] for r in passed if r["count"] >= k_max}
-    log.info("pruning at the approximate %.4f quantile keeps %s of %d rows per method", q,
-             {r[METHOD]: r["count"] for r in passed}, n)
+    log.debug("pruning at the approximate %.4f quantile keeps %s of %d rows per method", q,
+              {r[METHOD]: r["count"] for r in passed}, n)
+    note(f"pruned at the {q:.3g} quantile")
     if not cuts:
         return scores
     keep = ~F.col(METHOD).isin(list(cuts))  # methods whose margin was too small keep every row
