@@ -262,7 +262,7 @@ def rank_scores(scores: DataFrame, methods: tuple[str, ...], budgets: list[Budge
     bounds: Bounds = {m: {} for m in methods}
     for m, g, q in wanted:
         bounds[m].setdefault(g, []).append(last[(m, g, q)])
-    candidates = sum(b[3] for b in blocks)
-    log.debug("ranked %d candidate rows of %d methods in %.1f s", candidates, len(methods), time.monotonic() - start)
-    note(f"{candidates} candidate rows of {len(methods)} methods ranked")
+    ranked_rows = sum(b[3] for b in blocks)
+    log.debug("ranked %d candidate rows of %d methods in %.1f s", ranked_rows, len(methods), time.monotonic() - start)
+    note(f"{ranked_rows} candidate rows of {len(methods)} methods ranked")
     return Ranking(rows, sets, bounds, (ranked, ordered))
