@@ -48,7 +48,14 @@ def test_the_session_runs_the_delta_build_of_its_spark_line(spark):
     assert spark.version == pyspark.__version__
     line = ".".join(spark.version.split(".")[:2])
     want = {"4.0": "io.delta:delta-spark_2.13:4.0.1", "4.2": "io.delta:delta-spark_4.2_2.13:4.4.0"}[line]
-    assert spark.conf.get("spark.jars.packages") == want == delta_build().package
+    assert want == delta_build().package
+    # The jars on the session's classpath: resolved by Ivy (spark.jars.packages) on the first
+    # start, the recorded files of that resolution (spark.jars) on later ones; either way
+    # spark.jars lists the files.
+    build = delta_build()
+    jars = [j.rsplit("/", 1)[-1] for j in spark.sparkContext.getConf().get("spark.jars").split(",")]
+    assert f"io.delta_{build.artifact}-{build.version}.jar" in jars, jars
+    assert f"io.delta_delta-storage-{build.version}.jar" in jars, jars
 
 
 def test_delta_builds_by_spark_line_and_unsupported_lines():

@@ -27,6 +27,8 @@ def test_pyspark_is_an_extra_not_a_dependency(tmp_path):
     (wheel,) = tmp_path.glob("distunlearn-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        # The console command's log4j2 file (commands/session.py passes it to the JVM) is package data.
+        assert "distunlearn/commands/log4j2-quiet.properties" in archive.namelist()
         meta = Parser().parsestr(archive.read(name).decode())
     requires = meta.get_all("Requires-Dist") or []
     always = {_name(r) for r in requires if "extra ==" not in r}

@@ -135,7 +135,7 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
     # Spark's progress bar of running stages, on a terminal only (a log file would fill with it).
     conf["spark.ui.showConsoleProgress"] = "true" if launch and sys.stderr.isatty() else "false"
     conf.update(cfg.spark_conf)
-    if launch and not cfg.verbose and not _user_log4j_config():
+    if launch and not cfg.verbose and not _user_log4j_config() and QUIET_LOG4J.is_file():
         # Spark's logs at WARN from the start, without the banner of its default profile
         # (--verbose: Spark's own configuration and INFO logs).
         user = conf.get("spark.driver.extraJavaOptions", "")
