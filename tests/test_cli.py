@@ -60,11 +60,11 @@ def test_bad_config_file_key_is_reported(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(spark, tmp_path_factory):  # spark: its launch has resolved and recorded the Delta jars
     root = tmp_path_factory.mktemp("demo")
     out = root / "output"
     # The suite's Spark defaults without its log4j2 file: the console command's own log
-    # configuration applies, as for a user (the session fixture has resolved the jars by now).
+    # configuration applies, as for a user.
     conf_dir = root / "spark-conf"
     conf_dir.mkdir()
     shutil.copy(ROOT / "tests/spark-conf/spark-defaults.conf", conf_dir)
