@@ -129,9 +129,6 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
             else:
                 conf["spark.jars.packages"] = build.package
                 conf["spark.jars.ivy"] = str(Path(cfg.ivy_dir).expanduser())
-        if cfg.master.startswith("local") and "SPARK_LOCAL_IP" not in os.environ:
-            # A local master needs no network address (and Spark warns about the loopback one).
-            os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     # Spark's progress bar of running stages, on a terminal only (a log file would fill with it).
     conf["spark.ui.showConsoleProgress"] = "true" if launch and sys.stderr.isatty() else "false"
     conf.update(cfg.spark_conf)
@@ -174,6 +171,8 @@ def remember_jars(spark, ivy_dir: str) -> None:
     next launch passes them as spark.jars and skips the resolution."""
     resolved = spark.sparkContext.getConf().get("spark.jars", "")
     jars = [unquote(urlparse(j).path) if j.startswith("file:") else j for j in resolved.split(",") if j]
+    ivy_jars = Path(ivy_dir).expanduser() / "jars"  # the resolution's files, not jars the user added
+    jars = [j for j in jars if Path(j).parent == ivy_jars]
     if not jars or not all(Path(j).is_file() for j in jars):
         return
     manifest = _manifest(ivy_dir, delta_build(spark.version))
@@ -212,6 +211,9 @@ def get_session(cfg: JobConfig, launch: bool = True):  # -> SparkSession (lazy i
         os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
         for key, value in WORKER_ENV.items():
             os.environ[key] = value
+        if cfg.master.startswith("local") and "SPARK_LOCAL_IP" not in os.environ:
+            # A local master needs no network address (and Spark warns about the loopback one).
+            os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)
