@@ -20,7 +20,7 @@ from distunlearn import engine
 from distunlearn.commands import incremental
 from distunlearn.commands.config import JobConfig
 from distunlearn.core.budgets import budget_label
-from distunlearn.core.diagnostics import Diagnostics, GroupPoint
+from distunlearn.core.diagnostics import Diagnostics, GroupPoint, best_methods
 from distunlearn.core.stats import Statistics
 from distunlearn.progress import Stage, note
 from distunlearn.store.output import RunRecord, Store
@@ -79,29 +79,20 @@ class RunReport:
 
     def short(self, rows: int = 4) -> str:
         """A few budgets (``rows``, evenly spread, the largest included) with k and each method's
-        alpha / eps, and the calibration line; :meth:`table` and the HTML report have them all."""
-        d = self.diagnostics
+        alpha / eps, the calibration line and the best method; :meth:`table` and the HTML
+        report have every budget."""
         every = self._budget_rows()
-        if d is None or not every:
+        if self.diagnostics is None or not every:
             return self.table()
         methods = list(dict.fromkeys(str(r["method"]) for r in self.summary))
         picked = sorted({round(i * (len(every) - 1) / max(rows - 1, 1)) for i in range(rows)})
-        lines = [f"run {self.run_id}: {self.n_forget} forget and {self.n_retain} retain rows, d = {self.dim}; "
-                 f"kappa = KL(p1||p2) = {d.kappa:.4g}, no removal: alpha {d.baseline.alpha:.4g}, "
-                 f"eps {d.baseline.eps:.4g}",
-                 "alpha = KL(p1||p) (removal, higher is better) / eps = KL(p2||p) (cost, lower is better):",
-                 f"{'budget':>8} {'k':>8} " + " ".join(f"{m:>17}" for m in methods)]
-        for label, k, _ in (every[i] for i in picked):
-            cells = " ".join(f"{d.points[(m, k)].alpha:>8.4f}/{d.points[(m, k)].eps:<8.4f}" for m in methods)
-            lines.append(f"{label:>8} {k:>8} {cells}")
-        lines.append(self._diagnostics_lines(methods)[-1])  # the calibration line
-        reached = {m: b for m, b in d.budget_for_target.items() if b is not None}
-        if reached:
-            best = min(reached.values())
-            names = " and ".join(m for m, b in reached.items() if b == best)
-            lines.append(f"best here: {names} (the target removal at budget {best:g})")
-        else:
+        lines = [f"run {self.run_id}: {self.n_forget} forget and {self.n_retain} retain rows, d = {self.dim}",
+                 *self._diagnostics_lines(methods, [every[i] for i in picked])]
+        found = best_methods(self.diagnostics.budget_for_target)
+        if found is None:
             lines.append("best here: none (no method reaches the target removal within these budgets)")
+        else:
+            lines.append(f"best here: {' and '.join(found[0])} (the target removal at budget {found[1]:g})")
         return "\n".join(lines)
 
     def _budget_rows(self) -> list[tuple[str, int, dict[str, Any]]]:
@@ -137,13 +128,15 @@ class RunReport:
             lines.append(f"{label:>8} {k:>10} " + " ".join(cells))
         return lines
 
-    def _diagnostics_lines(self, methods: list[str]) -> list[str]:
+    def _diagnostics_lines(self, methods: list[str],
+                           budget_rows: list[tuple[str, int, dict[str, Any]]] | None = None) -> list[str]:
+        """alpha / eps per method at ``budget_rows`` (default: every budget), then the calibration."""
         d = self.diagnostics
         assert d is not None
         lines = [f"removal alpha = KL(p1||p) / preservation eps = KL(p2||p), nats (kappa = KL(p1||p2) = "
                  f"{d.kappa:.4g}; no removal: alpha {d.baseline.alpha:.4g}, eps {d.baseline.eps:.4g}):",
                  f"{'budget':>8} {'k':>10} " + " ".join(f"{m:>17}" for m in methods)]
-        for label, k, _ in self._budget_rows():
+        for label, k, _ in self._budget_rows() if budget_rows is None else budget_rows:
             cells = " ".join(f"{d.points[(m, k)].alpha:>8.4f}/{d.points[(m, k)].eps:<8.4f}" for m in methods)
             lines.append(f"{label:>8} {k:>10} {cells}")
         reach = ", ".join(f"{m} {'-' if b is None else format(b, 'g')}" for m, b in d.budget_for_target.items())

@@ -173,6 +173,16 @@ class Diagnostics:
     budget_for_target: dict[str, float | None]  # method -> smallest budget reaching target_alpha
 
 
+def best_methods(budget_for_target: dict[str, float | None]) -> tuple[list[str], float] | None:
+    """The methods (sorted) that reach the target removal with the smallest budget, and that
+    budget; None when no method reaches it (the calibration's ``budget_for_target``)."""
+    reached = {m: b for m, b in budget_for_target.items() if b is not None}
+    if not reached:
+        return None
+    best = min(reached.values())
+    return sorted(m for m, b in reached.items() if b == best), best
+
+
 def diagnose(forget: GaussianStats, retain: GaussianStats, buckets: dict[str, list[GaussianStats]],
              ks: list[int], budgets: list[tuple[float, int]], tolerated_eps: float = 0.1,
              target_alpha: float = 0.0) -> Diagnostics:

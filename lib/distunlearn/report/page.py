@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from distunlearn.core.diagnostics import best_methods
 from distunlearn.report.figures import (
     evaluation_figure,
     frontier_figure,
@@ -93,11 +94,10 @@ def _group_section(data: ReportData) -> list[str]:
 # ---------------------------------------------------------------------- page
 def _best_method(cal: dict[str, dict[str, Any]]) -> str:
     """One sentence: the method that reaches the target removal with the smallest budget."""
-    reached = {m: c["budget_for_target"] for m, c in cal.items() if c["budget_for_target"] is not None}
-    if not reached:
+    found = best_methods({m: c["budget_for_target"] for m, c in cal.items()})
+    if found is None:
         return "<p><b>Best here: none</b>: no method reaches the target removal within the run's budgets.</p>"
-    best = min(reached.values())
-    names = sorted(m for m, b in reached.items() if b == best)
+    names, best = found
     verb = "reaches" if len(names) == 1 else "reach"
     return (f"<p><b>Best here: {html.escape(' and '.join(names))}</b>, which {verb} the target removal by "
             f"deleting {best:.0%} of the forget set.</p>")
