@@ -145,8 +145,10 @@ def test_deletion_vectors_verify_undo_apply_again_then_purge(spark, run, tmp_pat
     assert actions == ["apply", "undo", "apply"]
 
     # Purge: refused below the retention minimum unless overridden; then no file holds the rows.
+    versions = len(history(src))
     with pytest.raises(ConfigError, match="below the table's delta.deletedFileRetentionDuration"):
         apply.purge(spark, dataclasses.replace(c, retention_hours=0))
+    assert len(history(src)) == versions  # refused before its REORG: no commit
     apply.purge(spark, dataclasses.replace(c, retention_hours=0, ignore_retention_check=True))
     assert ids_in_files() == everything - gone
     assert apply.verify_removal(spark, c).note.endswith("the rows are purged")
@@ -182,6 +184,11 @@ def test_copy_mode_leaves_the_source_and_writes_the_cleaned_copy(spark, run, tmp
     assert apply.verify_removal(spark, c).readable == 0
     with pytest.raises(ConfigError, match="undo is for --mode delete"):
         apply.undo_removal(spark, c)
+    # A target that is the table itself, however it is spelled, would overwrite the source.
+    for same in (src, src + "/", f"{tmp_path}/./corpus", "file://" + src):
+        with pytest.raises(ConfigError, match="is the table itself"):
+            apply.apply_removal(spark, dataclasses.replace(c, target=same))
+    assert len(read_delta(src)) == 420 and len(history(src)) == 1
 
 
 def test_catalog_table_with_int_ids(spark, run, tmp_path):
@@ -193,6 +200,9 @@ def test_catalog_table_with_int_ids(spark, run, tmp_path):
         assert out.rows_removed == 12
         left = {r[0] for r in spark.table("corpus_int").select("id").collect()}
         assert left == set(pdf["id"]) - removal_ids(sets, "lr_gauss", 0.1)
+        stored = Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:")) / "corpus_int"
+        with pytest.raises(ConfigError, match="is the table itself"):  # a name and its folder
+            apply.apply_removal(spark, cleaning(cfg, "corpus_int", mode="copy", target=str(stored)))
     finally:
         spark.sql("DROP TABLE IF EXISTS corpus_int")
 

@@ -64,7 +64,7 @@ from distunlearn.store import lake
 from distunlearn.store.delta import delta_conflict
 from distunlearn.store.lake import TOOL, TXN_APP_ID, TXN_VERSION, USER_METADATA, Table, open_delta
 from distunlearn.store.output import RemovalSet, Store
-from distunlearn.store.sources import is_delta, read_source
+from distunlearn.store.sources import is_delta, read_source, same_location
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,10 @@ def apply_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
     """Apply the removal set (``cfg.mode``); idempotent; checks conservation."""
     if cfg.mode == "copy" and not cfg.target:
         raise ConfigError("apply --mode copy needs --target (the path of the cleaned copy)")
+    if cfg.mode == "copy" and same_location(spark, cfg.table, cfg.target):
+        raise ConfigError(f"apply --mode copy: --target {cfg.target!r} is the table itself; copy mode writes "
+                          "the cleaned rows elsewhere and leaves the table alone (--mode delete removes "
+                          "them in place)")
     rs = load_removal_set(spark, cfg)
     outcome = _apply_copy(spark, cfg, rs) if cfg.mode == "copy" else _apply_delete(spark, cfg, rs)
     log.info("%s", outcome.line())
@@ -331,21 +335,29 @@ def undo_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
 def purge(spark: SparkSession, cfg: JobConfig) -> Outcome:
     """Physically remove deleted rows: REORG ... APPLY (PURGE), then VACUUM."""
     table = open_delta(spark, cfg.table)
+    check = not cfg.ignore_retention_check
+    # Delta's retention check first, with a dry run that writes nothing: a refused purge must
+    # leave the table as it was, and the REORG below is a commit.
+    _vacuum(table, cfg, check, dry_run=True)
     table.reorg_purge(json.dumps({"tool": TOOL, "action": "purge", "retention_hours": cfg.retention_hours}))
-    try:
-        table.vacuum(cfg.retention_hours, check_retention=not cfg.ignore_retention_check)
-    except Exception as exc:
-        if "retentionDurationCheck" in str(exc) or "DELTA_VACUUM_RETENTION" in str(exc):
-            raise ConfigError(f"VACUUM retention {cfg.retention_hours:g} h is below the table's "
-                              "delta.deletedFileRetentionDuration; readers and undo may still need those "
-                              "files (pass --ignore-retention-check to override)") from exc
-        raise
+    _vacuum(table, cfg, check, dry_run=False)
     end = [c for c in table.history() if c["operation"] == "VACUUM END"]
     deleted = end[-1]["metrics"].get("numDeletedFiles", "?") if end else "?"
     out = Outcome("purge", "committed", table.name, table.version(),
                   note=f"{deleted} files deleted, retention {cfg.retention_hours:g} h")
     log.info("%s", out.line())
     return out
+
+
+def _vacuum(table: Table, cfg: JobConfig, check: bool, dry_run: bool) -> None:
+    try:
+        table.vacuum(cfg.retention_hours, check_retention=check, dry_run=dry_run)
+    except Exception as exc:
+        if "retentionDurationCheck" in str(exc) or "DELTA_VACUUM_RETENTION" in str(exc):
+            raise ConfigError(f"VACUUM retention {cfg.retention_hours:g} h is below the table's "
+                              "delta.deletedFileRetentionDuration; readers and undo may still need those "
+                              "files (pass --ignore-retention-check to override)") from exc
+        raise
 
 
 # ----------------------------------------------------------------------------- export

@@ -113,10 +113,11 @@ class Table:
         with session_conf(self.spark, {USER_METADATA: metadata}):
             self.spark.sql(f"REORG TABLE {self.sql} APPLY (PURGE)")
 
-    def vacuum(self, retention_hours: float, check_retention: bool = True) -> None:
+    def vacuum(self, retention_hours: float, check_retention: bool = True, dry_run: bool = False) -> None:
+        """``VACUUM``; ``dry_run``: only Delta's checks and the listing, no commit, nothing deleted."""
         settings = {} if check_retention else {"spark.databricks.delta.retentionDurationCheck.enabled": "false"}
         with session_conf(self.spark, settings):
-            self.spark.sql(f"VACUUM {self.sql} RETAIN {retention_hours:g} HOURS")
+            self.spark.sql(f"VACUUM {self.sql} RETAIN {retention_hours:g} HOURS" + (" DRY RUN" if dry_run else ""))
 
 
 def open_delta(spark: SparkSession, source: str, what: str = "table") -> Table:

@@ -120,6 +120,22 @@ def location(spark: SparkSession, source: str) -> str:
     return str(first_row(spark.sql(f"DESCRIBE DETAIL {source}"))["location"]).rstrip("/")
 
 
+def same_location(spark: SparkSession, a: str, b: str) -> bool:
+    """Whether two tables (paths or catalog names) are one folder: ``out/t``, ``./out/t/``,
+    ``file:/abs/out/t`` and a catalog table stored there are the same.  A name the catalog does
+    not know is a different table."""
+    def folder(source: str) -> str:
+        try:
+            loc = location(spark, source)
+        except AnalysisException:
+            return "\0" + source  # no such catalog table: equal to nothing else
+        if loc.startswith("file:"):
+            loc = "/" + unquote(loc[len("file:"):]).lstrip("/")
+        return loc if "://" in loc else os.path.realpath(loc)
+
+    return folder(a) == folder(b)
+
+
 def added_files(spark: SparkSession, source: str, since: int, until: int, id_col: str) -> list[str] | str:
     """Files of the rows added by the Delta commits since+1..until, or why they cannot be known.
 
