@@ -9,6 +9,7 @@ each bad table is built inline with an explicit schema.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,18 @@ def test_unknown_method_rejected_by_check(good, tmp_path):
     with pytest.raises(ConfigError) as info:
         config(tmp_path, good.forget, good.retain, methods=("mu2", "mahalanobis"))
     assert "'mahalanobis'" in one_line(info.value)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("ridge", math.inf, "ridge must be a finite number, got inf"),
+    ("retention_hours", math.inf, "retention_hours must be a finite number >= 0, got inf"),
+    ("retention_hours", -1.0, "retention_hours must be a finite number >= 0, got -1.0"),
+    ("max_condition", math.nan, "max_condition must be a finite number, got nan"),
+])
+def test_non_finite_or_out_of_range_numbers_rejected_by_check(good, tmp_path, option, value, message):
+    with pytest.raises(ConfigError) as info:
+        config(tmp_path, good.forget, good.retain, **{option: value})
+    assert one_line(info.value) == message
 
 
 def test_unknown_method_rejected_by_run_pipeline(spark, good, tmp_path):

@@ -20,6 +20,7 @@ from conftest import SESSION_ARGS, read_delta, read_sets
 from distunlearn.commands.cli import main
 from distunlearn.commands.config import JobConfig
 from distunlearn.commands.session import delta_build
+from distunlearn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The console command the README's `make demo` runs, as pip installed it next to this interpreter
@@ -57,6 +58,26 @@ def test_bad_config_file_key_is_reported(tmp_path, capsys):
     conf.write_text("forget: a\nfeatures_col: emb\n")
     assert main(["run", "--config", str(conf)], launch=False) == 2
     assert "unknown option 'features_col'" in capsys.readouterr().err
+
+
+def test_config_file_values_stay_what_the_user_typed(tmp_path):
+    """YAML 1.1 reads 0123 as the octal 83, ``no`` as False and 1e-3 as a string; the job reads
+    each value's text and converts it to the option's type itself."""
+    from distunlearn.commands.config import load_yaml
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("run_id: 0123\nstats_run_id: no\nid_col: 1e3\nridge: 1e-3\nbudgets: [0.1, .5]\n"
+                    "budget_counts: 07,9\nverbose: yes\nspark_conf: {spark.sql.ansi.enabled: off}\n"
+                    "text_col: ~\ndelta_jars:\n")
+    assert load_yaml(conf) == {
+        "run_id": "0123", "stats_run_id": "no", "id_col": "1e3", "ridge": 0.001, "budgets": (0.1, 0.5),
+        "budget_counts": (7, 9), "verbose": True, "spark_conf": {"spark.sql.ansi.enabled": "off"},
+        "text_col": "", "delta_jars": ""}
+    for bad, message in (("run_id: [a, b]", "bad value for run_id"), ("ridge: lots", "bad value for ridge"),
+                         ("k: 2.5", "bad value for k"), ("- run_id", "must hold a mapping")):
+        conf.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_yaml(conf)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,8 +235,8 @@ class JobConfig:
         for name in ("shuffle_partitions", "arrow_batch_size", "report_sample_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.retention_hours >= 0:
-            raise ConfigError(f"retention_hours must be >= 0, got {self.retention_hours}")
+        if not 0 <= self.retention_hours < math.inf:
+            raise ConfigError(f"retention_hours must be a finite number >= 0, got {self.retention_hours}")
         if self.k < 0:
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if not 0 < self.holdout_fraction < 1:
@@ -289,6 +290,8 @@ def _parse(f: dataclasses.Field[Any], raw: Any) -> Any:
                     raise ValueError(item)
                 out_d[key.strip()] = value.strip()
             return out_d
+        if isinstance(raw, list | dict):
+            raise ValueError(raw)
         return "" if raw is None else str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for {name}: {raw!r} ({kind} expected)") from exc
@@ -297,13 +300,27 @@ def _parse(f: dataclasses.Field[Any], raw: Any) -> Any:
 FIELDS = {f.name: f for f in dataclasses.fields(JobConfig)}
 
 
+def _as_typed(node: yaml.Node | None) -> Any:
+    """A YAML document as Python with every scalar the text the user typed (or None for an
+    empty or null one).  YAML's own types would change values silently: ``run_id: 0123`` is the
+    octal integer 83 and ``run_id: no`` is False; :func:`_parse` converts the text to each
+    field's type instead, and refuses what does not convert."""
+    if node is None:
+        return None
+    if isinstance(node, yaml.MappingNode):
+        return {_as_typed(k): _as_typed(v) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_as_typed(v) for v in node.value]
+    return None if node.tag == "tag:yaml.org,2002:null" else node.value
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML mapping of config fields; unknown keys are errors."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _as_typed(yaml.compose(p.read_text())) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
