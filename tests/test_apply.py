@@ -192,17 +192,22 @@ def test_copy_mode_leaves_the_source_and_writes_the_cleaned_copy(spark, run, tmp
 
 
 def test_catalog_table_with_int_ids(spark, run, tmp_path):
+    """A catalog table, int ids, in a column whose name holds a backtick and a dot (MERGE's
+    condition is SQL: the name must be quoted there)."""
     cfg, sets = run
     pdf = read_delta(corpus(tmp_path / "corpus"))
-    spark.createDataFrame(pdf.astype({"id": "int32"})).write.format("delta").saveAsTable("corpus_int")
+    pdf = pdf.astype({"id": "int32"}).rename(columns={"id": "doc`s.id"})
+    spark.createDataFrame(pdf).write.format("delta").saveAsTable("corpus_int")
     try:
-        out = apply.apply_removal(spark, cleaning(cfg, "corpus_int"))
+        out = apply.apply_removal(spark, cleaning(cfg, "corpus_int", id_col="doc`s.id"))
         assert out.rows_removed == 12
-        left = {r[0] for r in spark.table("corpus_int").select("id").collect()}
+        pdf = pdf.rename(columns={"doc`s.id": "id"})
+        left = set(spark.table("corpus_int").toPandas()["doc`s.id"])
         assert left == set(pdf["id"]) - removal_ids(sets, "lr_gauss", 0.1)
         stored = Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:")) / "corpus_int"
         with pytest.raises(ConfigError, match="is the table itself"):  # a name and its folder
-            apply.apply_removal(spark, cleaning(cfg, "corpus_int", mode="copy", target=str(stored)))
+            apply.apply_removal(spark, cleaning(cfg, "corpus_int", id_col="doc`s.id", mode="copy",
+                                                target=str(stored)))
     finally:
         spark.sql("DROP TABLE IF EXISTS corpus_int")
 

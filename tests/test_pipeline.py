@@ -202,11 +202,12 @@ def test_ties_are_broken_by_id_for_long_and_string_ids(spark, tmp_path):
     table = read_sets(cfg.output)
     for method in ("mu2", "lr_gauss"):
         assert table[table.method == method].sort_values("rank")["id"].tolist() == [0, 1, 2]
-    names = ["b", "a10", "a9", "c", "a1"]
-    rs = write_table(spark, frame([f"r{i}" for i in range(50)], retain), tmp_path / "rs",
-                     "id string, features array<double>")
-    fs = write_table(spark, frame(names, same[:5]), tmp_path / "fs", "id string, features array<double>")
-    cfg = make_config(tmp_path, fs, rs, output=str(tmp_path / "out_s"), methods=("mu2",), budgets=(0.6,))
+    names = ["b", "a10", "a9", "c", "a1"]  # in an id column whose name holds a backtick
+    schema = "`doc``id` string, features array<double>"
+    rs = write_table(spark, frame([f"r{i}" for i in range(50)], retain, id_name="doc`id"), tmp_path / "rs", schema)
+    fs = write_table(spark, frame(names, same[:5], id_name="doc`id"), tmp_path / "fs", schema)
+    cfg = make_config(tmp_path, fs, rs, output=str(tmp_path / "out_s"), methods=("mu2",), budgets=(0.6,),
+                      id_col="doc`id")
     run_pipeline(spark, cfg)
     table = read_sets(cfg.output)
     assert table.sort_values("rank")["id"].tolist() == ["a1", "a10", "a9"]
@@ -220,15 +221,17 @@ def test_float32_parquet_and_ml_vectors_give_the_same_sets(spark, tmp_path):
     run_pipeline(spark, cfg)
     expected = read_sets(cfg.output).sort_values("rank")["id"].tolist()
     assert expected == top_ids(reference_scores(xf, xr)["maha_mu2"], np.arange(len(xf)), 60)
-    # Same rows as Spark ML vectors (every other one sparse) in Parquet folders.
+    # Same rows as Spark ML vectors (every other one sparse) in Parquet folders, in columns whose
+    # names hold a dot (F.col("doc.id") would read a struct's field).
     def vec_table(x, ids, path):
         rows = [(int(i), Vectors.sparse(len(v), {j: float(v[j]) for j in range(len(v))}) if i % 2
                  else Vectors.dense([float(a) for a in v])) for i, v in zip(ids, x, strict=True)]
-        spark.createDataFrame(rows, ["id", "features"]).write.mode("overwrite").parquet(str(path))
+        spark.createDataFrame(rows, ["doc.id", "emb.v"]).write.mode("overwrite").parquet(str(path))
         return str(path)
     fv = vec_table(xf, range(len(xf)), tmp_path / "fv")
     rv = vec_table(xr, range(10_000, 10_000 + len(xr)), tmp_path / "rv")
-    cfg2 = make_config(tmp_path, fv, rv, output=str(tmp_path / "out_v"), methods=("maha_mu2",), budgets=(0.5,))
+    cfg2 = make_config(tmp_path, fv, rv, output=str(tmp_path / "out_v"), methods=("maha_mu2",), budgets=(0.5,),
+                       id_col="doc.id", feature_col="emb.v")
     run_pipeline(spark, cfg2)
     assert read_sets(cfg2.output).sort_values("rank")["id"].tolist() == expected
 

@@ -60,6 +60,7 @@ from pyspark.sql import types as T
 
 from distunlearn.commands.config import JobConfig
 from distunlearn.errors import CheckFailed, ConfigError, ConflictError, InputError
+from distunlearn.identifiers import quote
 from distunlearn.store import lake
 from distunlearn.store.delta import delta_conflict
 from distunlearn.store.lake import TOOL, TXN_APP_ID, TXN_VERSION, USER_METADATA, Table, open_delta
@@ -274,7 +275,7 @@ def _match(table: DataFrame, id_col: str, ids: DataFrame, how: str) -> DataFrame
     condition names columns, not ``df[...]`` references: Spark Connect cannot resolve a
     DataFrame's column reference inside a join of two plans that share a source."""
     removed = ids.select(F.col("id").alias("__removed_id"))
-    return table.join(removed, F.col(f"`{id_col}`") == F.col("__removed_id"), how)
+    return table.join(removed, F.col(quote(id_col)) == F.col("__removed_id"), how)
 
 
 def _time_travel_note(spark: SparkSession, table: Table, before: int, rs: RemovalSet, id_col: str) -> str:

@@ -22,6 +22,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from distunlearn.errors import InputError
+from distunlearn.identifiers import quote
 from distunlearn.store.sources import delta_ref, first_row, history, is_delta, is_path, qualify
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Table:
         ids.createOrReplaceTempView(view)
         try:
             with session_conf(self.spark, settings):
-                self.spark.sql(f"MERGE INTO {self.sql} AS t USING {view} AS r ON t.`{id_col}` = r.id "
+                self.spark.sql(f"MERGE INTO {self.sql} AS t USING {view} AS r ON t.{quote(id_col)} = r.id "
                                "WHEN MATCHED THEN DELETE")
         finally:
             self.spark.catalog.dropTempView(view)

@@ -146,7 +146,7 @@ def added_files(spark: SparkSession, source: str, since: int, until: int, id_col
     if until == since:
         return []
     folder = location(spark, source)
-    detail = first_row(spark.sql(f"DESCRIBE DETAIL delta.`{folder}`"))
+    detail = first_row(spark.sql(f"DESCRIBE DETAIL {delta_ref(folder)}"))
     if detail["properties"].get("delta.columnMapping.mode", "none") != "none":
         return "column mapping is on"
     if id_col in (detail["partitionColumns"] or []):

@@ -23,7 +23,7 @@ from distunlearn.core.evaluation import BASELINE_METHOD
 from distunlearn.core.groups import sample_weight
 from distunlearn.errors import InputError
 from distunlearn.options import Columns, Evaluation
-from distunlearn.transforms.prepare import FEATURES, GROUP, ID, normalize
+from distunlearn.transforms.prepare import FEATURES, GROUP, ID, column, normalize
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,11 @@ def read_domain(raw: DataFrame, domain: str, columns: Columns, label_col: str,
     table = normalize(raw, columns.id, columns.features, domain, keep=keep, group_cols=group_cols)
     group: list[str] = []
     if group_cols:  # normalize has checked that every group column exists
-        first_null = F.coalesce(*[F.when(F.col(c).isNull(), F.lit(c)) for c in group_cols])
+        first_null = F.coalesce(*[F.when(column(c).isNull(), F.lit(c)) for c in group_cols])
         table = normalize(raw.withColumn(NULL_GROUP, first_null), columns.id, columns.features, domain,
                           keep=(*keep, NULL_GROUP), group_cols=group_cols)
         group = [GROUP, NULL_GROUP]
-    label = F.col(label_col).cast("double") if label_col else F.lit(1.0 if domain == "forget" else 0.0)
+    label = column(label_col).cast("double") if label_col else F.lit(1.0 if domain == "forget" else 0.0)
     return table.select(ID, FEATURES, label.alias(LABEL), *group)
 
 

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from distunlearn.errors import InputError
+from distunlearn.identifiers import quote
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ GROUP = "group"
 _FLOAT_ELEMENTS = (T.FloatType, T.DoubleType)
 _INT_ELEMENTS = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _ID_TYPES = (T.LongType, T.IntegerType, T.ShortType, T.StringType)
+
+
+def column(name: str) -> Column:
+    """A user's column by its name, whatever characters the name holds (:mod:`distunlearn.identifiers`)."""
+    return F.col(quote(name))
 
 
 def field_of(df: DataFrame, column: str, domain: str) -> T.StructField:
@@ -42,7 +48,8 @@ def id_column(df: DataFrame, id_col: str, domain: str) -> Column:
     if not isinstance(id_field.dataType, _ID_TYPES):
         raise InputError(f"id column {id_col!r} of the {domain} table must be long, int or string, "
                          f"got {id_field.dataType.simpleString()}")
-    return F.col(id_col) if isinstance(id_field.dataType, T.StringType) else F.col(id_col).cast(T.LongType())
+    ident = column(id_col)
+    return ident if isinstance(id_field.dataType, T.StringType) else ident.cast(T.LongType())
 
 
 def group_column(df: DataFrame, group_cols: tuple[str, ...], domain: str) -> Column:
@@ -50,7 +57,7 @@ def group_column(df: DataFrame, group_cols: tuple[str, ...], domain: str) -> Col
     columns the JSON array of their string values (``["en","web"]``: unambiguous), null when any
     of them is null.  Nulls stay null here;
     :func:`distunlearn.transforms.statistics.check_groups` rejects them."""
-    cols = [F.col(field_of(df, c, domain).name).cast("string") for c in group_cols]
+    cols = [column(field_of(df, c, domain).name).cast("string") for c in group_cols]
     if len(cols) == 1:
         return cols[0]
     any_null = F.greatest(*[c.isNull() for c in cols])  # a null part makes the group null
@@ -65,7 +72,7 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: t
     ident = id_column(df, id_col, domain)
     feat_field = field_of(df, feature_col, domain)
     dtype = feat_field.dataType
-    feature = F.col(feature_col)
+    feature = column(feature_col)
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _FLOAT_ELEMENTS):
         pass
     elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _INT_ELEMENTS):
@@ -75,7 +82,7 @@ def normalize(df: DataFrame, id_col: str, feature_col: str, domain: str, keep: t
     else:
         raise InputError(f"feature column {feature_col!r} of the {domain} table must be "
                          f"array<float|double> or a Spark ML vector, got {dtype.simpleString()}")
-    extra = [F.col(field_of(df, name, domain).name) for name in keep]
+    extra = [column(field_of(df, name, domain).name) for name in keep]
     if group_cols:
         extra.append(group_column(df, group_cols, domain).alias(GROUP))
     return df.select(ident.alias(ID), feature.alias(FEATURES), *extra)

@@ -42,7 +42,7 @@ from pyspark.sql import types as T
 from distunlearn.core.batches import ArrowUdf
 from distunlearn.core.text import GRAMS, TEXT, TOKEN_PATTERN, Featurizer, TextSettings
 from distunlearn.errors import InputError
-from distunlearn.transforms.prepare import FEATURES, GROUP, ID, field_of, group_column, id_column
+from distunlearn.transforms.prepare import FEATURES, GROUP, ID, column, field_of, group_column, id_column
 
 
 def tokens(text: Column) -> Column:
@@ -94,9 +94,9 @@ def normalize_text(df: DataFrame, id_col: str, text_col: str, domain: str, setti
                          f"got {field.dataType.simpleString()}")
     # Two projections: Spark keeps them apart (the tokens are used several times and are not
     # cheap to recompute), so each document is tokenized once.
-    text = [F.col(text_col).alias(TEXT)] if settings.embedding_model else []
+    text = [column(text_col).alias(TEXT)] if settings.embedding_model else []
     group = [group_column(df, group_cols, domain).alias(GROUP)] if group_cols else []
-    toks = df.select(ident.alias(ID), tokens(F.col(text_col)).alias("_tokens"), *text, *group)
+    toks = df.select(ident.alias(ID), tokens(column(text_col)).alias("_tokens"), *text, *group)
     grams = F.transform(ngrams(F.col("_tokens"), settings.order),
                         lambda g: bucket(g, settings.buckets, settings.hash_name))
     return toks.select(ID, grams.alias(GRAMS), *([TEXT] if text else []), *([GROUP] if group else []))
