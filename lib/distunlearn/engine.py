@@ -263,6 +263,8 @@ def select_removal(spark: SparkSession, forget: DataFrame | str, retain: DataFra
         with Stage(timings, "read_check"):
             f_df = prepare(f_df, "forget", opts)
             r_df = prepare(r_df, "retain", opts, check=opts.columns.check_retain_ids and statistics is None)
+            if statistics is not None and not opts.columns.text:
+                _check_against(f_df, statistics.forget.stats, opts)
     if statistics is None:
         with Stage(timings, "statistics"):
             text = text_model(f_df, r_df, opts) if opts.columns.text else None
@@ -303,6 +305,21 @@ def select_removal(spark: SparkSession, forget: DataFrame | str, retain: DataFra
         ranking.release()
         raise
     return Result(opts, methods, budgets, statistics, model, plan, ranking, diagnostics, points, f_df, r_df, timings)
+
+
+def _check_against(forget: DataFrame, stored: GaussianStats, opts: Options) -> None:
+    """The forget table against statistics computed before (``score --stats-run-id``): the
+    checks the statistics pass makes (null, ragged, non-finite features; one pass over the
+    table), then its usable rows and dimension must be those the statistics describe, else the
+    scores and the budgets' k would mix two tables."""
+    column = opts.columns.features
+    fresh = domain_stats(forget, "forget", column, opts.columns.on_invalid).stats
+    if fresh.dim != stored.dim:
+        raise InputError(f"feature column {column!r} of the forget table has dimension {fresh.dim}, the stored "
+                         f"statistics {stored.dim}: score the table the statistics were computed on")
+    if fresh.n != stored.n:
+        raise InputError(f"the forget table has {fresh.n} usable rows, the stored statistics were computed on "
+                         f"{stored.n}: it changed since; compute the statistics again (stats or run)")
 
 
 def _with_group_stats(statistics: Statistics, forget: DataFrame, retain: DataFrame, options: Options) -> Statistics:

@@ -65,7 +65,7 @@ from distunlearn.store import lake
 from distunlearn.store.delta import delta_conflict
 from distunlearn.store.lake import TOOL, TXN_APP_ID, TXN_VERSION, USER_METADATA, Table, open_delta
 from distunlearn.store.output import RemovalSet, Store
-from distunlearn.store.sources import is_delta, read_source, same_location
+from distunlearn.store.sources import is_delta, local_path, not_delta_folder, read_source, same_location
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,10 @@ def _apply_copy(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
     source = read_source(spark, cfg.table, "table")
     id_col = _id_column(source, cfg, f"table {cfg.table!r}", rs)
     name = key(rs)
+    local = local_path(cfg.target)
+    if local is not None and not_delta_folder(local):
+        raise InputError(f"target {cfg.target!r} exists and is not a Delta table; copy mode writes the cleaned "
+                         "table there: give a new folder or an earlier copy's")
     existing = open_delta(spark, cfg.target, "target") if is_delta(spark, cfg.target) else None
     events = _events(existing, name) if existing else []
     done = _last_action(events, ("apply",))

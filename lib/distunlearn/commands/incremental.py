@@ -34,9 +34,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from distunlearn.commands.config import FIELDS, JobConfig
-from distunlearn.core.batches import check_dims
 from distunlearn.core.stats import DomainStats, Statistics
 from distunlearn.engine import check_statistics
+from distunlearn.errors import InputError
 from distunlearn.store.output import RunRecord, Store
 from distunlearn.store.sources import added_files, read_files, read_source
 from distunlearn.transforms.prepare import normalize
@@ -117,7 +117,10 @@ def merged_statistics(spark: SparkSession, cfg: JobConfig, store: Store, base: B
         new = normalize(read_files(spark, raw, files, [cfg.id_col, cfg.feature_col]), cfg.id_col, cfg.feature_col,
                         domain)
         added = domain_stats(new, domain, cfg.feature_col, cfg.on_invalid)
-        check_dims(kept.stats.dim, added.stats.dim, cfg.feature_col)
+        if added.stats.dim != kept.stats.dim:
+            raise InputError(f"feature column {cfg.feature_col!r} of the {domain} table has dimension "
+                             f"{added.stats.dim} in the rows added since run {base.run_id!r} (version "
+                             f"{base.versions[domain]}) but {kept.stats.dim} in the rows before")
         out[domain] = DomainStats(kept.stats.merge(added.stats), kept.counts.merge(added.counts))
     check_statistics(out["forget"], out["retain"], options)
     return Statistics(out["forget"], out["retain"])

@@ -65,7 +65,7 @@ def collect(spark: SparkSession, cfg: JobConfig, sample_rows: int = 5000) -> Rep
     """Read the run's tables under ``cfg.output`` (as of the versions its ledger row names)
     and score a sample for the histograms."""
     store = Store(spark, cfg.output)
-    store.check_contract()
+    store.check_folder()
     run = store.run(cfg.run_id)
     if run is None:
         raise InputError(f"run {cfg.run_id!r} has no row in {store.path(tables.RUNS)!r}; "

@@ -191,7 +191,7 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     """The whole job (the ``run`` subcommand): statistics, scoring, selection, outputs."""
     cfg.check()
     store = Store(spark, cfg.output)
-    store.check_contract()
+    store.check_folder()
     record = _record(cfg)
     timings: dict[str, float] = {}
     with Stage(timings, "read_check"):
@@ -213,7 +213,7 @@ def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
     """Compute and store the statistics of both tables (the ``stats`` subcommand)."""
     cfg.check()
     store = Store(spark, cfg.output)
-    store.check_contract()
+    store.check_folder()
     options = cfg.options()
     record = _record(cfg)
     report = RunReport(cfg.run_id)

@@ -39,7 +39,7 @@ from distunlearn.options import Options, from_flat, to_flat
 from distunlearn.progress import Stage
 from distunlearn.store import tables
 from distunlearn.store.delta import append, check_schema, frame_of, replace_run
-from distunlearn.store.sources import is_delta, qualify
+from distunlearn.store.sources import is_delta, local_path, not_delta_folder, qualify
 from distunlearn.store.tables import Table
 
 if TYPE_CHECKING:
@@ -110,8 +110,20 @@ class Store:
     def exists(self, table: Table | str) -> bool:
         return is_delta(self.spark, self.path(table))
 
-    def check_contract(self) -> None:
-        """InputError when the folder was written by distunlearn 0.1 (output contract 1)."""
+    def check_folder(self) -> None:
+        """InputError when the output folder cannot be this job's: a file; a folder where one of
+        the output tables' names is something other than a Delta table (a Parquet folder, a
+        file), which a write would turn into a Delta table around the user's files; a folder
+        written by distunlearn 0.1 (output contract 1).  The first two are checked on the local
+        file system (a remote URI's tables are checked by Spark as they are read)."""
+        root = local_path(self.root)
+        if root is not None and root.exists():
+            if not root.is_dir():
+                raise InputError(f"output {self.root!r} is a file; --output names the folder of the output tables")
+            for name in (*(t.name for t in tables.ALL), tables.CONTRACT_1_TABLE):
+                if not_delta_folder(root / name):
+                    raise InputError(f"output folder {self.root!r} holds {name!r}, which is not a Delta table; "
+                                     f"the job writes its {name} table there: use another --output")
         if self.exists(tables.CONTRACT_1_TABLE):
             raise InputError(f"output folder {self.root!r} holds a {tables.CONTRACT_1_TABLE} table: it was written by "
                              "distunlearn 0.1 (output contract 1), and this version writes and reads removal_ranking "
@@ -157,7 +169,7 @@ class Store:
 
     def succeeded(self, run_id: str) -> dict[str, Any]:
         """The ledger row of a succeeded run (InputError otherwise)."""
-        self.check_contract()
+        self.check_folder()
         run = self.run(run_id)
         if run is None or run["status"] != "succeeded":
             state = run["status"] if run else "no row"
@@ -195,7 +207,7 @@ class Store:
     def check_writable(self, id_type: str, groups: bool = False) -> None:
         """Before the first write: the folder is not contract 1, and its existing tables accept
         this run's id type."""
-        self.check_contract()
+        self.check_folder()
         check_schema(self.spark, self._frame(tables.REMOVAL_RANKING, [], id_type).schema,
                      self.path(tables.REMOVAL_RANKING))
         if groups:
@@ -236,7 +248,7 @@ class Store:
 
     def write_statistics(self, run_id: str, statistics: Statistics, record: RunRecord) -> dict[str, int]:
         """The ``statistics`` rows (and ``ngram_statistics`` for text input) of the run."""
-        self.check_contract()
+        self.check_folder()
         now = _now()
         rows = []
         for domain, ds, source in (("forget", statistics.forget, record.forget_source),
@@ -309,7 +321,7 @@ class Store:
     def load_statistics(self, run_id: str, options: Options) -> Statistics:
         """The statistics stored for ``run_id`` (InputError if absent), and for text input its
         n-gram statistics, which must have been computed with ``options``' featurizer."""
-        self.check_contract()
+        self.check_folder()
         stored = self.read(tables.STATISTICS, run_id)
         found = {r["domain"]: r for r in stored.drop("m2").collect()}
         missing = [d for d in ("forget", "retain") if d not in found]
@@ -427,7 +439,7 @@ class Store:
                          groups: list[dict[str, Any]]) -> None:
         """Replace the run's rows of ``evaluation``, ``evaluation_summary`` and, with group rows,
         ``evaluation_groups`` (the schemas of all checked first)."""
-        self.check_contract()
+        self.check_folder()
         parts = [(tables.EVALUATION, rows), (tables.EVALUATION_SUMMARY, summary)]
         if groups:
             parts.append((tables.EVALUATION_GROUPS, groups))

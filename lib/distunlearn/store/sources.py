@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -92,16 +93,20 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
     """Read a Delta path, a Parquet folder or a catalog table; InputError if none exists.
     ``version`` pins a Delta table's version (what the run ledger records)."""
     if is_path(source):
+        local = local_path(source)
+        if local is not None and not local.exists():  # asked before Spark, which logs a stack trace
+            raise InputError(f"{domain} table {source!r} not found: no such file or folder")
         if is_delta(spark, source):
             log.debug("%s: Delta table %s%s", domain, source, "" if version is None else f" version {version}")
             note(f"{domain}: Delta" + ("" if version is None else f" v{version}"))
             reader = spark.read.format("delta")
             return (reader if version is None else reader.option("versionAsOf", version)).load(qualify(source))
+        check_parquet(source, f"{domain} table")
         try:
             df = spark.read.parquet(qualify(source))
-        except AnalysisException as exc:
+        except Exception as exc:  # AnalysisException; on a remote store also an unreadable file
             raise InputError(f"{domain} table {source!r} not found: not a Delta table or a Parquet "
-                             f"folder ({str(exc).splitlines()[0][:160]})") from exc
+                             f"folder ({str(exc).strip().splitlines()[0][:160]})") from exc
         log.debug("%s: Parquet folder %s", domain, source)
         note(f"{domain}: Parquet")
         return df
@@ -111,6 +116,64 @@ def read_source(spark: SparkSession, source: str, domain: str, version: int | No
         return spark.table(source) if version is None else spark.sql(
             f"SELECT * FROM {source} VERSION AS OF {version}")
     raise InputError(f"{domain} table {source!r} not found: not a path and not a catalog table")
+
+
+def local_path(source: str) -> Path | None:
+    """The local file or folder ``source`` names (a path or a ``file:`` URI); None for a remote
+    URI (``s3://``, ``abfss://``), which only Spark can look into."""
+    if source.startswith("file:"):
+        return Path("/" + unquote(source[len("file:"):]).lstrip("/"))
+    return None if "://" in source else Path(qualify(source))
+
+
+def not_delta_folder(path: Path) -> bool:
+    """Whether a local ``path`` holds something other than a Delta table (a file, or a non-empty
+    folder without ``_delta_log``): a Delta write there would mix a table into the user's files."""
+    if not path.exists():
+        return False
+    return not path.is_dir() or (not (path / "_delta_log").is_dir() and any(path.iterdir()))
+
+
+#: The first and last four bytes of every Parquet file.
+PARQUET_MAGIC = b"PAR1"
+
+
+def _data_files(folder: Path) -> Iterator[Path]:
+    """The files Spark reads under ``folder``: not those whose name starts with ``_`` or ``.``,
+    nor any in such a folder."""
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d[0] not in "_.")
+        yield from (Path(top) / name for name in sorted(names) if name[0] not in "_.")
+
+
+def check_parquet(source: str, what: str) -> None:
+    """InputError naming ``source`` unless it is a Parquet file or a folder of them, checked
+    on the local file system before Spark reads it: Spark would fail inside a task, with a Java
+    stack trace on the console, on a text file, a CSV folder or a truncated Parquet file.  Files
+    and folders Spark skips (``_SUCCESS``, ``.crc``, ``_delta_log``) are skipped here too.
+    Remote URIs are left to Spark (its error becomes the one line)."""
+    path = local_path(source)
+    if path is None:
+        return
+    if not path.exists():
+        raise InputError(f"{what} {source!r} not found: no such file or folder")
+    files = [path] if path.is_file() else list(_data_files(path))
+    if not files:
+        raise InputError(f"{what} {source!r} is an empty folder: no Delta log and no Parquet files")
+    for file in files:
+        try:
+            with open(file, "rb") as fh:
+                head = fh.read(4)
+                fh.seek(max(0, file.stat().st_size - 4))
+                tail = fh.read(4)
+        except OSError as exc:
+            raise InputError(f"{what} {source!r}: cannot read {str(file)!r} ({exc.strerror})") from exc
+        if head != PARQUET_MAGIC or tail != PARQUET_MAGIC or file.stat().st_size < 12:
+            if file == path:
+                raise InputError(f"{what} {source!r} is a file that is not Parquet (no PAR1 header and footer); "
+                                 "give a Delta table's folder, a Parquet folder or a Parquet file")
+            raise InputError(f"{what} {source!r} is not a Delta table or a Parquet folder: its file "
+                             f"{str(file.relative_to(path))!r} is not Parquet (no PAR1 header and footer)")
 
 
 def location(spark: SparkSession, source: str) -> str:

@@ -17,7 +17,7 @@ same k are one set, recorded once.  Readers take the ranking as of ``ranking_ver
 rerun of the run id being written never mixes into what they read.
 
 Contract 1 (distunlearn 0.1) wrote ``removal_sets`` instead, one row per budget a row
-belonged to; a folder holding it is refused with one line (:func:`distunlearn.store.output.Store.check_contract`).
+belonged to; a folder holding it is refused with one line (:func:`distunlearn.store.output.Store.check_folder`).
 """
 
 from __future__ import annotations
