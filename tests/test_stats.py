@@ -83,6 +83,20 @@ def test_from_array_float32_products_round_to_single_precision_only() -> None:
     assert not np.array_equal(s.m2, ref["m2"])  # the float32 path was taken
 
 
+def test_float32_products_of_values_near_the_float32_maximum_stay_finite_and_exact() -> None:
+    """Rows scaled by 2**120 (float32 values up to ~1e37, exact copies: a power of two) give the
+    statistics of the unscaled rows times 2**120 per power of y, bit for bit; unscaled, the
+    float32 products overflowed and the diagnostics held inf."""
+    x = np.random.default_rng(5).standard_normal((200, 3)).astype(np.float32)
+    small = GaussianStats.from_array(x, products=np.float32)
+    big = GaussianStats.from_array(x * np.float32(2.0**120), products=np.float32)
+    assert np.all(np.isfinite(big.m2)) and np.all(np.isfinite(big.t3)) and np.isfinite(big.q4)
+    np.testing.assert_array_equal(big.mean, small.mean * 2.0**120)
+    np.testing.assert_array_equal(big.m2, small.m2 * 2.0**240)
+    np.testing.assert_array_equal(big.t3, small.t3 * 2.0**360)
+    assert big.q4 == small.q4 * 2.0**480
+
+
 def test_from_array_empty_is_zero() -> None:
     """Zero rows: n = 0 and all moments zero in the right shapes."""
     s = GaussianStats.from_array(np.empty((0, 3)))

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 Array = NDArray[np.float64]
 
 
+#: Largest centred value whose float32 products (up to its cube, summed over rows) stay finite
+#: without rescaling.
+_FLOAT32_SAFE = 2.0**16
+
+
 @dataclass(frozen=True)
 class GaussianStats:
     """Count, mean, scatter and the two extra moments of a set of rows (see module docstring)."""
@@ -77,10 +82,21 @@ class GaussianStats:
         if n == 0:
             return cls.empty(d)
         mean = x.mean(axis=0, dtype=np.float64)
-        y = (x - mean).astype(products, copy=False)
+        y = x - mean
+        scale = 1.0
+        if products != np.float64:
+            # float32 products of rows far from 1 overflow (|y|^3 > 3.4e38 at |y| ~ 7e12; float32
+            # features near their maximum overflow the cast itself): the centred rows are divided
+            # by a power of two, which is exact, and the results multiplied back in float64.
+            top = float(np.abs(y).max())
+            if _FLOAT32_SAFE < top < np.inf:
+                scale = 2.0 ** np.ceil(np.log2(top))
+                y = y / scale
+        y = y.astype(products, copy=False)
         sq = np.einsum("ij,ij->i", y, y)  # ||y_k||^2, shape (n,)
-        m2 = (y.T @ y).astype(np.float64)
-        return cls(n, mean, m2, (y.T @ sq).astype(np.float64), float(sq.astype(np.float64) @ sq))
+        m2 = (y.T @ y).astype(np.float64) * scale**2
+        t3 = (y.T @ sq).astype(np.float64) * scale**3
+        return cls(n, mean, m2, t3, float(sq.astype(np.float64) @ sq) * scale**4)
 
     # ------------------------------------------------------------------ merging
     def shifted(self, center: Array) -> tuple[Array, Array, float]:

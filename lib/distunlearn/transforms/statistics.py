@@ -128,6 +128,9 @@ def domain_stats(df: DataFrame, domain: str, feature_col: str, on_invalid: str) 
     if stats is None or stats.n == 0:
         raise InputError(f"the {domain} table has no usable rows ({counts.rows} rows, "
                          f"{counts.nonfinite} with NaN or infinite values)")
+    if not all(np.isfinite(v).all() for v in (stats.mean, stats.m2, stats.t3, stats.q4)):
+        raise InputError(f"feature column {feature_col!r} of the {domain} table has values too large for its "
+                         "statistics (their squares or fourth powers overflow float64); rescale the column")
     if counts.nonfinite:
         log.warning("%s: dropped %d of %d rows with NaN or infinite features (on_invalid=drop)",
                     domain, counts.nonfinite, counts.rows)
