@@ -249,3 +249,22 @@ def test_refused_in_one_line_with_exit_2_and_nothing_written(spark, shared, tmp_
 
 def test_the_suite_has_the_cases_the_issue_asks_for():
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
+
+
+def test_an_output_folder_the_job_wrote_keeps_a_crashed_first_writes_files(spark, tmp_path):
+    """Data files without a Delta log under a table's name are the user's in a new folder
+    (refused above) but the job's own in a folder holding its Delta tables: a run killed in
+    that table's first write left them, and the rerun must go through."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    from distunlearn.errors import InputError
+    from distunlearn.store.output import Store
+
+    (tmp_path / "statistics").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "statistics" / "part-00000.snappy.parquet")
+    with pytest.raises(InputError, match="holds 'statistics', which is not a Delta table"):
+        Store(spark, str(tmp_path)).check_folder()
+    write_deltalake(str(tmp_path / "runs"), pd.DataFrame({"run_id": ["a"]}))
+    Store(spark, str(tmp_path)).check_folder()

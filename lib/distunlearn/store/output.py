@@ -115,12 +115,16 @@ class Store:
         the output tables' names is something other than a Delta table (a Parquet folder, a
         file), which a write would turn into a Delta table around the user's files; a folder
         written by distunlearn 0.1 (output contract 1).  The first two are checked on the local
-        file system (a remote URI's tables are checked by Spark as they are read)."""
+        file system (a remote URI's tables are checked by Spark as they are read).  A folder
+        that already holds one of the job's Delta tables is the job's: a run killed in a table's
+        first write leaves data files without a log there, and the rerun must go through."""
         root = local_path(self.root)
         if root is not None and root.exists():
             if not root.is_dir():
                 raise InputError(f"output {self.root!r} is a file; --output names the folder of the output tables")
-            for name in (*(t.name for t in tables.ALL), tables.CONTRACT_1_TABLE):
+            names = (*(t.name for t in tables.ALL), tables.CONTRACT_1_TABLE)
+            ours = any((root / name / "_delta_log").is_dir() for name in names)
+            for name in names if not ours else ():
                 if not_delta_folder(root / name):
                     raise InputError(f"output folder {self.root!r} holds {name!r}, which is not a Delta table; "
                                      f"the job writes its {name} table there: use another --output")
