@@ -39,9 +39,14 @@ if TYPE_CHECKING:
 Array = NDArray[np.float64]
 
 
-#: Largest centred value whose float32 products (up to its cube, summed over rows) stay finite
-#: without rescaling.
-_FLOAT32_SAFE = 2.0**16
+def _moments(y: NDArray[np.floating], products: type[np.floating], scale: float) -> tuple[Array, Array, float]:
+    """m2, t3 and q4 (float64) of the centred rows ``y / scale`` multiplied in ``products``
+    precision, scaled back by the powers of ``scale``."""
+    y = y.astype(products, copy=False)
+    sq = np.einsum("ij,ij->i", y, y)  # ||y_k||^2, shape (n,)
+    m2 = (y.T @ y).astype(np.float64) * scale**2
+    t3 = (y.T @ sq).astype(np.float64) * scale**3
+    return m2, t3, float(sq.astype(np.float64) @ sq) * scale**4
 
 
 @dataclass(frozen=True)
@@ -83,20 +88,15 @@ class GaussianStats:
             return cls.empty(d)
         mean = x.mean(axis=0, dtype=np.float64)
         y = x - mean
-        scale = 1.0
-        if products != np.float64:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below (and by the callers)
+            m2, t3, q4 = _moments(y, products, 1.0)
+        if products != np.float64 and not (np.isfinite(m2).all() and np.isfinite(t3).all() and np.isfinite(q4)):
             # float32 products of rows far from 1 overflow (|y|^3 > 3.4e38 at |y| ~ 7e12; float32
-            # features near their maximum overflow the cast itself): the centred rows are divided
-            # by a power of two, which is exact, and the results multiplied back in float64.
-            top = float(np.abs(y).max())
-            if _FLOAT32_SAFE < top < np.inf:
-                scale = 2.0 ** np.ceil(np.log2(top))
-                y = y / scale
-        y = y.astype(products, copy=False)
-        sq = np.einsum("ij,ij->i", y, y)  # ||y_k||^2, shape (n,)
-        m2 = (y.T @ y).astype(np.float64) * scale**2
-        t3 = (y.T @ sq).astype(np.float64) * scale**3
-        return cls(n, mean, m2, t3, float(sq.astype(np.float64) @ sq) * scale**4)
+            # features near their maximum overflow the cast itself): again with the centred rows
+            # divided by a power of two, which is exact, and the results multiplied back.
+            scale = float(2.0 ** np.ceil(np.log2(np.abs(y).max())))
+            m2, t3, q4 = _moments(y / scale, products, scale)
+        return cls(n, mean, m2, t3, q4)
 
     # ------------------------------------------------------------------ merging
     def shifted(self, center: Array) -> tuple[Array, Array, float]:
