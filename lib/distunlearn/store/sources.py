@@ -192,9 +192,8 @@ def same_location(spark: SparkSession, a: str, b: str) -> bool:
             loc = location(spark, source)
         except AnalysisException:
             return "\0" + source  # no such catalog table: equal to nothing else
-        if loc.startswith("file:"):
-            loc = "/" + unquote(loc[len("file:"):]).lstrip("/")
-        return loc if "://" in loc else os.path.realpath(loc)
+        local = local_path(loc)
+        return loc if local is None else os.path.realpath(local)
 
     return folder(a) == folder(b)
 
