@@ -44,7 +44,8 @@ from distunlearn.commands.session import delta_build
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per submitted job; each takes about 1 min here
 TABLES = ("statistics", "removal_ranking", "removal_budgets", "diagnostics", "calibration", "runs")
-VOLATILE = {"created_at", "started_at", "finished_at", "timings", "config", "config_sha256"}
+VOLATILE = {"created_at", "started_at", "finished_at", "timings", "config", "config_sha256",
+            "claim_token", "claim_pid"}  # the run id's claim: which process wrote it
 # Where and how a run executed, not what it computed: left out of the config comparison.
 PLACEMENT = {"master", "output", "python_archive", "driver_memory", "spark_conf", "log_level"}
 RUN = dict(run_id="c1", methods=("lr_gauss", "maha_mu2", "mu2", "random"), budgets=(0.1, 0.5),

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.connect
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE = str(Path(sys.executable).with_name("distunlearn"))
 #: Columns that differ between two runs by nature: wall-clock times and durations.
-VOLATILE = {"created_at", "started_at", "finished_at", "seconds", "duration_s", "timings"}
+VOLATILE = {"created_at", "started_at", "finished_at", "seconds", "duration_s", "timings",
+            "claim_token", "claim_pid"}  # the run id's claim: which process wrote it
 RUN_TABLES = {"removal_ranking": ["method", "id"], "removal_budgets": ["method", "budget", "budget_count", "group"],
               "statistics": ["domain"], "ngram_statistics": ["domain"], "diagnostics": ["method", "k"],
               "calibration": ["method"], "group_diagnostics": ["method", "k", "group"],

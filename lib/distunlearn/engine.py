@@ -216,13 +216,16 @@ class Result:
         stats = self.statistics.forget if domain == "forget" else self.statistics.retain
         return stats.groups.get(group) or GaussianStats.empty(self.dim)  # type: ignore[arg-type]
 
-    def write(self, output: str, run_id: str, record: RunRecord | None = None) -> dict[str, int]:
+    def write(self, output: str, run_id: str, record: RunRecord | None = None,
+              takeover: bool = False) -> dict[str, int]:
         """Write the run's Delta tables under ``output`` (the ``run`` command's outputs: the
         ledger row, statistics, removal_ranking, removal_budgets, diagnostics, calibration, and
-        with groups group_diagnostics and retain_weights); returns table -> Delta version."""
+        with groups group_diagnostics and retain_weights); returns table -> Delta version.
+        ConflictError, with nothing written, while another run writes ``run_id``; ``takeover``
+        claims a run id whose "running" row another machine left (:mod:`distunlearn.store.ledger`)."""
         from distunlearn.store.output import RunRecord, Store
 
-        return Store(self.forget.sparkSession, output).write_run(run_id, self, record or RunRecord())
+        return Store(self.forget.sparkSession, output).write_run(run_id, self, record or RunRecord(), takeover)
 
     def release(self) -> None:
         """Drop the persisted scores and ranking (the result's DataFrames become recomputable

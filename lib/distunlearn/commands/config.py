@@ -140,6 +140,9 @@ class JobConfig:
                                "and full removal)")
     stats_run_id: str = _f("", "score with the statistics stored under this run id instead of "
                                "computing them (score subcommand; empty: this run's own)")
+    takeover: bool = _f(False, "run/score/stats: write a run id whose 'running' row in the runs ledger "
+                        "was left by a run on another machine that died (a run on this machine is "
+                        "checked without it; a live run's id is refused either way)")
     incremental: bool = _f(True, "when both tables are Delta tables that only gained rows since the last "
                            "succeeded run over the same sources (runs ledger), read only the new rows and "
                            "merge their statistics with that run's; --no-incremental recomputes in full")

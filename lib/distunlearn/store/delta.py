@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -17,6 +18,7 @@ from distunlearn.errors import ConflictError, InputError
 from distunlearn.progress import note
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Writes of a run replace only that run's rows, so a write that lost a race with another
 #: run's commit (two runs creating a table at once, or appending to ``runs``) is safe to repeat.
@@ -74,6 +76,26 @@ def plain_strings(df: DataFrame) -> DataFrame:
     return df.select(*[F.col(c).cast("string").alias(c) if c in strings else F.col(c) for c in df.columns])
 
 
+def retrying(action: Callable[[], T], what: str) -> T:
+    """``action()``, repeated (up to WRITE_ATTEMPTS times) while it loses a Delta
+    optimistic-concurrency race; ConflictError after the last.  Only for writes that are safe
+    to repeat: ones that replace a run's rows, or whose condition is evaluated again."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            return action()
+        except Exception as exc:
+            conflict = delta_conflict(exc)
+            if conflict is None:
+                raise
+            if attempt == WRITE_ATTEMPTS:
+                raise ConflictError(f"{what}: {conflict} from a concurrent writer, {WRITE_ATTEMPTS} times; "
+                                    "nothing of this write landed, run again") from exc
+            log.warning("%s: %s from a concurrent writer; retrying (%d of %d)", what, conflict, attempt + 1,
+                        WRITE_ATTEMPTS)
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
 def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",),
                 merge_schema: bool = False) -> int:
     """Write ``df`` (which has a run_id column equal to ``run_id``) as the run's rows of the
@@ -85,20 +107,7 @@ def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, 
         writer = writer.option("mergeSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
-        try:
-            writer.save(path)
-            break
-        except Exception as exc:
-            conflict = delta_conflict(exc)
-            if conflict is None:
-                raise
-            if attempt == WRITE_ATTEMPTS:
-                raise ConflictError(f"writing {path!r} for run {run_id!r}: {conflict} from a concurrent writer, "
-                                    f"{WRITE_ATTEMPTS} times; nothing of this write landed, run again") from exc
-            log.warning("writing %s for run %s: %s from a concurrent writer; retrying (%d of %d)", path, run_id,
-                        conflict, attempt + 1, WRITE_ATTEMPTS)
-            time.sleep(0.5 * attempt)
+    retrying(lambda: writer.save(path), f"writing {path!r} for run {run_id!r}")
     version, rows = last_commit(df.sparkSession, path)
     log.debug("wrote %s rows to %s (version %d) for run %s in %.1f s", rows, path, version, run_id,
               time.monotonic() - start)

@@ -6,13 +6,15 @@ removal sets (:meth:`Store.removal_set`, :meth:`Store.members`) for apply, verif
 export, evaluate, report and the benchmark.  Table names and schemas:
 :mod:`distunlearn.store.tables`.
 
-Write order within a run: ``runs`` (status "running"), statistics, ngram_statistics,
-removal_ranking, removal_budgets, diagnostics, calibration, group_diagnostics,
-retain_weights, ``runs`` ("succeeded" with the version written of each table, or "failed"
-with the error).  Every write replaces the run's rows of one table in one Delta commit.
+Write order within a run: ``runs`` (status "running": the run's claim on its run id,
+:mod:`distunlearn.store.ledger`), statistics, ngram_statistics, removal_ranking,
+removal_budgets, diagnostics, calibration, group_diagnostics, retain_weights, ``runs``
+("succeeded" with the version written of each table, or "failed" with the error, only over
+the run's own claim).  Every write replaces the run's rows of one table in one Delta commit.
 A reader takes a succeeded run's ``removal_budgets`` as of the version its ledger row names
 and the ranking as of the version each budgets row names, so it never sees a half-written
-run, nor a mix of two writes of one run id.
+run, nor a mix of two writes of one run id; and while a run writes, no other run writes its
+run id.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +37,11 @@ from distunlearn.core.batches import InputCounts
 from distunlearn.core.budgets import budget_label
 from distunlearn.core.stats import DomainStats, GaussianStats, Statistics
 from distunlearn.core.text import TOKENIZER, NgramStats, TextModel
-from distunlearn.errors import CheckFailed, ConfigError, InputError
+from distunlearn.errors import CheckFailed, ConfigError, ConflictError, InputError
 from distunlearn.options import Options, from_flat, to_flat
-from distunlearn.progress import Stage
-from distunlearn.store import tables
-from distunlearn.store.delta import append, check_schema, frame_of, replace_run
+from distunlearn.progress import Stage, note
+from distunlearn.store import ledger, tables
+from distunlearn.store.delta import WRITE_ATTEMPTS, append, check_schema, frame_of, replace_run
 from distunlearn.store.sources import is_delta, local_path, not_delta_folder, qualify
 from distunlearn.store.tables import Table
 
@@ -184,11 +187,10 @@ class Store:
         """The options a run recorded."""
         return from_flat(json.loads(run["config"] or "{}"))
 
-    def write_ledger(self, run_id: str, status: str, record: RunRecord, result: Result | None = None,
-                     outputs: dict[str, int] | None = None, error: str | None = None,
-                     timings: dict[str, float] | None = None) -> None:
-        """The run's row of the ledger: "running" before its first write, then "succeeded"
-        (or "failed" with the error) after its last.  A row left "running" is a run that died."""
+    def _ledger_row(self, run_id: str, status: str, record: RunRecord, token: str, result: Result | None = None,
+                    outputs: dict[str, int] | None = None, error: str | None = None,
+                    timings: dict[str, float] | None = None) -> DataFrame:
+        """The run's row of the ledger, carrying its claim ``token``."""
         r = result
         est = r.model.covariance if r else None
         row = {"run_id": run_id, "status": status, "started_at": record.started_at, "finished_at": _now(),
@@ -203,9 +205,45 @@ class Store:
                "statistics_mode": record.statistics_mode or None, "base_run_id": record.base_run_id,
                "statistics_note": record.statistics_note or None,
                "stats_sha256": r.statistics.digest() if r else None, "config_sha256": record.config_sha256(),
-               "outputs": dict(outputs or {}), "error": error, "contract": tables.CONTRACT}
-        replace_run(self._frame(tables.RUNS, [row]), self.path(tables.RUNS), run_id, partition_by=(),
-                    merge_schema=True)
+               "outputs": dict(outputs or {}), "error": error, "contract": tables.CONTRACT,
+               "claim_token": token, "claim_host": ledger.HOST, "claim_pid": os.getpid()}
+        return self._frame(tables.RUNS, [row])
+
+    def check_free(self, run_id: str, takeover: bool = False, started: dt.datetime | None = None) -> None:
+        """ConflictError when a live run holds ``run_id`` (:mod:`distunlearn.store.ledger`): a
+        command checks before its work, and the claim checks again as it writes."""
+        ledger.check_free(self.run(run_id), run_id, takeover, started or _now())
+
+    def claim(self, run_id: str, record: RunRecord, result: Result | None = None, takeover: bool = False) -> str:
+        """Write the run's "running" ledger row unless a live run holds ``run_id``
+        (ConflictError); returns the claim's token, which the run's last ledger write needs."""
+        path = self.path(tables.RUNS)
+        ledger.prepare(self.spark, path, self._frame(tables.RUNS, []))
+        token = ledger.new_token()
+        row = self._ledger_row(run_id, "running", record, token, result, timings=result.timings if result else None)
+        for _ in range(WRITE_ATTEMPTS):
+            held = self.run(run_id)
+            ledger.check_free(held, run_id, takeover, record.started_at)
+            prior = held["claim_token"] if held and held["status"] == "running" else None
+            if ledger.merge(self.spark, path, row, ledger.CLAIM, insert=True, prior=prior):
+                ledger.holding(token, True)
+                note(f"runs: claimed {run_id!r}")
+                return token
+            # another run's row landed between the read and the MERGE: read it again
+        raise ConflictError(f"run id {run_id!r}: other runs claimed it {WRITE_ATTEMPTS} times while this one "
+                            "tried; nothing of this run was written, run again")
+
+    def finish(self, run_id: str, status: str, record: RunRecord, token: str, result: Result | None = None,
+               outputs: dict[str, int] | None = None, error: str | None = None) -> None:
+        """The run's last ledger write ("succeeded" or "failed"), only over its own claim."""
+        row = self._ledger_row(run_id, status, record, token, result, outputs, error,
+                               result.timings if result else None)
+        try:
+            if not ledger.merge(self.spark, self.path(tables.RUNS), row, ledger.OWNED, insert=False):
+                raise ConflictError(f"run {run_id!r} lost its claim on the run id to another run while it wrote "
+                                    f"(see --takeover); it is not recorded as {status}, the other run's row stands")
+        finally:
+            ledger.holding(token, False)
 
     # ------------------------------------------------------------------ writing a run
     def check_writable(self, id_type: str, groups: bool = False) -> None:
@@ -218,15 +256,17 @@ class Store:
             check_schema(self.spark, self._frame(tables.RETAIN_WEIGHTS, [], id_type).schema,
                          self.path(tables.RETAIN_WEIGHTS))
 
-    def write_run(self, run_id: str, result: Result, record: RunRecord) -> dict[str, int]:
+    def write_run(self, run_id: str, result: Result, record: RunRecord, takeover: bool = False) -> dict[str, int]:
         """Write every output of ``result`` as run ``run_id`` (module docstring: the order),
-        between a "running" and a "succeeded" ledger row ("failed" on error)."""
+        between a "running" and a "succeeded" ledger row ("failed" on error).  The "running"
+        row claims the run id: ConflictError, before anything is written, while another run
+        writes it (``takeover``: also claim a row another host left; :mod:`.ledger`)."""
         if not record.config:
             record = dataclasses.replace(record, config=to_flat(result.options))
         id_type = result.ranking.schema["id"].dataType.simpleString()
         self.check_writable(id_type, bool(result.options.columns.groups))
         timings = result.timings
-        self.write_ledger(run_id, "running", record, result, timings=timings)
+        token = self.claim(run_id, record, result, takeover)
         versions: dict[str, int] = {}
         try:
             if record.stats_run_id in (None, run_id):  # score --stats-run-id keeps the other run's
@@ -240,14 +280,13 @@ class Store:
                 versions.update(self.write_diagnostics(run_id, result))
                 if result.plan.grouped:
                     versions.update(self.write_groups(run_id, result, id_type))
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: a notebook cell stopped mid-write
             try:
-                self.write_ledger(run_id, "failed", record, result, versions, f"{type(exc).__name__}: {exc}"[:1000],
-                                  timings)
+                self.finish(run_id, "failed", record, token, result, versions, f"{type(exc).__name__}: {exc}"[:1000])
             except Exception:  # the ledger write itself failed: keep the original error
                 log.exception("could not record the failure of run %s in the ledger", run_id)
             raise
-        self.write_ledger(run_id, "succeeded", record, result, versions, timings=timings)
+        self.finish(run_id, "succeeded", record, token, result, versions)
         return versions
 
     def write_statistics(self, run_id: str, statistics: Statistics, record: RunRecord) -> dict[str, int]:

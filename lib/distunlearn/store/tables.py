@@ -93,7 +93,7 @@ RUNS = Table("runs", (
     "summary array<struct<method:string, budget:double, budget_count:bigint, k:bigint, threshold:double>>, "
     "forget_version bigint, retain_version bigint, statistics_mode string, base_run_id string, "
     "statistics_note string, stats_sha256 string, config_sha256 string, outputs map<string,bigint>, "
-    "error string, contract int"), ())
+    "error string, contract int, claim_token string, claim_host string, claim_pid bigint"), ())
 APPLIES = Table("applies", (
     "run_id string, method string, budget double, k bigint, action string, outcome string, "
     "table string, target string, mode string, table_version bigint, rows_before bigint, "
