@@ -3,7 +3,8 @@ ledger (``distunlearn.store.ledger``), on real Delta tables, read back with delt
 
 The ledger rows other runs left (a live run on this host, a dead process, another host, a
 ledger of the version before claims) are written as those runs would have written them; the
-race itself is two threads running the same run id on one session.
+race itself is two threads running the same run id on one session.  The command line's
+refusal is a case of test_hostile.py.
 """
 
 from __future__ import annotations
@@ -123,25 +124,6 @@ def test_a_ledger_of_the_version_before_claims_gains_the_claim_columns(spark, tm
     assert {"claim_token", "claim_host", "claim_pid"} <= set(rows.columns)
     assert rows.loc["x", "claim_token"] == token and rows.loc["a", "status"] == "succeeded"
     assert pd.isna(rows.loc["a", "claim_token"])
-
-
-def test_the_cli_refuses_a_run_id_a_live_run_holds(spark, tmp_path, capsys):
-    from conftest import SESSION_ARGS
-    from distunlearn.commands.cli import main
-
-    forget, retain, *_ = gaussian_tables(spark, tmp_path, n_forget=20, n_retain=40, dim=3)
-    out = tmp_path / "out"
-    left_behind(spark, out, "x", claim_host="elsewhere", claim_pid=1)
-    before = runs_version(out)
-    code = main(["run", *SESSION_ARGS, "--forget", forget, "--retain", retain, "--output", str(out),
-                 "--run-id", "x", "--methods", "mu2", "--budgets", "0.5"], launch=False)
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    assert [line for line in err.splitlines() if line.startswith("distunlearn: error:")] == [
-        "distunlearn: error: run id 'x' is being written by another run (pid 1 on host 'elsewhere' since "
-        f"{EARLIER.astimezone().replace(tzinfo=None)}); if that run died, rerun with --takeover; else wait for "
-        "it, or use another --run-id"], err
-    assert runs_version(out) == before and sorted(p.name for p in out.iterdir()) == ["runs"]
 
 
 def test_two_runs_of_one_run_id_at_once_never_show_a_foreign_succeeded_row(spark, tmp_path):

@@ -42,10 +42,14 @@ class Lake:
     def table(self, name: str, pdf: pd.DataFrame, schema: str = SCHEMA, fmt: str = "parquet") -> str:
         return write_table(self.spark, pdf, self.here / name, schema, fmt=fmt, partitions=2)
 
-    def features(self, name: str, rows: list, ids: list | None = None, schema: str = SCHEMA) -> str:
+    def features(self, name: str, rows: list, ids: list | None = None, schema: str = SCHEMA,
+                 groups: list | None = None) -> str:
         """A Parquet table of the given feature rows (ids 0..n-1 unless given), from Python
-        tuples: through pandas a NaN element would arrive as a null."""
-        data = list(zip(range(len(rows)) if ids is None else ids, rows, strict=True))
+        tuples: through pandas a NaN element would arrive as a null.  ``groups``: the values of
+        a string column ``lang``."""
+        columns = [range(len(rows)) if ids is None else ids, rows, *([] if groups is None else [groups])]
+        data = list(zip(*columns, strict=True))
+        schema += "" if groups is None else ", lang string"
         df = self.spark.createDataFrame(data, schema).repartition(2)  # type: ignore[attr-defined]
         df.write.parquet(str(self.here / name))
         return str(self.here / name)
@@ -92,6 +96,30 @@ def _appended_other_dimension(h: Lake) -> list[str]:
     assert main([*h.run(forget=forget), *SESSION_ARGS], launch=False) == 0
     write_deltalake(forget, pd.DataFrame({"id": [100, 101], "features": _rows(2, d=4)}), mode="append")
     return [*h.run(forget=forget), "--run-id", "h2"]
+
+
+def _vacuumed(h: Lake) -> str:
+    """A Delta table (delta-rs) of the good run's ids whose version 0 was overwritten, then
+    vacuumed with no retention: version 0 is still in the log, its data files are gone."""
+    from deltalake import DeltaTable, write_deltalake
+
+    path = str(h.here / "vacuumed")
+    write_deltalake(path, pd.DataFrame({"id": np.arange(20)}))
+    write_deltalake(path, pd.DataFrame({"id": np.arange(1)}), mode="overwrite")
+    DeltaTable(path).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    return path
+
+
+def _held_by_another_host(h: Lake) -> list[str]:
+    """The run id's "running" ledger row, written by a run on another machine."""
+    from test_claims import left_behind
+
+    left_behind(h.spark, h.here / "out", "h", claim_host="elsewhere", claim_pid=1)
+    return h.run()
+
+
+def _texts(h: Lake, name: str, texts: list[str | None], first: int = 0) -> str:
+    return h.table(name, pd.DataFrame({"id": range(first, first + len(texts)), "text": texts}), "id long, text string")
 
 
 CASES = [
@@ -155,6 +183,9 @@ CASES = [
     Case("run id with a quote", lambda h: h.run("--run-id", "it's"), "run_id \"it's\" must match"),
     Case("run id ..", lambda h: h.run("--run-id", ".."), "run_id '..' must match"),
     Case("run id of 300 characters", lambda h: h.run("--run-id", "r" * 300), "must match"),
+    Case("run id a run on another host is writing", _held_by_another_host,
+         "run id 'h' is being written by another run (pid 1 on host 'elsewhere' since 2026-01-01 00:00:00); "
+         "if that run died, rerun with --takeover"),
     Case("score: forget with NaN",
          lambda h: h.score(forget=h.features("f", [[1.0, float("nan"), 3.0], [0.0, 1.0, 2.0]])), "NaN"),
     Case("score: forget of another dimension than the statistics",
@@ -176,8 +207,25 @@ CASES = [
     Case("text column not a string", lambda h: h.run("--text-col", "features", "--methods", "lr_ngram"),
          "text column 'features' of the forget table must be string"),
     Case("lr_ngram without a text column", lambda h: h.run("--methods", "lr_ngram"), "lr_ngram scores text"),
+    Case("text null in the forget table", lambda h: h.run(
+        "--text-col", "text", "--methods", "lr_ngram", forget=_texts(h, "f", ["spam", None, "eggs"]),
+        retain=_texts(h, "r", ["ham", "eggs"], first=100)), "text column 'text' of the forget table has 1 null values"),
+    Case("text null in the retain table", lambda h: h.run(
+        "--text-col", "text", "--methods", "lr_ngram", forget=_texts(h, "f", ["spam", "eggs"]),
+        retain=_texts(h, "r", [None, "ham", None], first=100)), "text column 'text' of the retain table has 2 null"),
     # ---------------------------------------------------------------- groups
     Case("group column missing", lambda h: h.run("--group-col", "lang"), "has no column 'lang'"),
+    Case("group column missing in the retain table only", lambda h: h.run(
+        "--group-col", "lang", forget=h.features("f", _rows(6), groups=["en", "de"] * 3)),
+         "retain table has no column 'lang'"),
+    Case("group null in the forget table", lambda h: h.run(
+        "--group-col", "lang", forget=h.features("f", _rows(4), groups=["en", None, "de", "en"]),
+        retain=h.features("r", _rows(4), ids=list(range(100, 104)), groups=["en", "de"] * 2)),
+         "group column 'lang' of the forget table has null values (1 rows)"),
+    Case("group null in the retain table", lambda h: h.run(
+        "--group-col", "lang", forget=h.features("f", _rows(4), groups=["en", "de"] * 2),
+        retain=h.features("r", _rows(4), ids=list(range(100, 104)), groups=[None, None, "de", "en"])),
+         "group column 'lang' of the retain table has null values (2 rows)"),
     Case("group cap 0", lambda h: h.run("--group-col", "id", "--group-cap", "0"), "group_cap 0.0 is outside (0, 1]"),
     Case("group cap above 1", lambda h: h.run("--group-col", "id", "--group-cap", "1.5"), "group_cap 1.5 is outside"),
     Case("stratified without groups", lambda h: h.run("--group-budget", "stratified"),
@@ -190,6 +238,10 @@ CASES = [
         "t", pd.DataFrame({"doc": [1]}), "doc long", fmt="delta")), "has no id column 'id'"),
     Case("apply to a table of string ids", lambda h: h.clean("apply", table=h.table(
         "t", pd.DataFrame({"id": ["a"]}), "id string", fmt="delta")), "is string, the removal sets store bigint"),
+    Case("verify as of a vacuumed version", lambda h: h.clean("verify", "--as-of", "0", table=_vacuumed(h)),
+         "version 0 cannot be read: its data files were removed (VACUUM)"),
+    Case("verify as of a version after the latest", lambda h: h.clean("verify", "--as-of", "7"),
+         "has no readable version 7"),
     Case("undo without an apply", lambda h: h.clean("undo"), "has no apply of"),
     Case("copy onto the table itself", lambda h: h.clean("apply", "--mode", "copy", "--target", h.corpus),
          "is the table itself"),

@@ -264,7 +264,13 @@ def verify_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
     except AnalysisException as exc:
         raise InputError(f"{where!r} has no readable version {version} ({str(exc).splitlines()[0][:160]})") from exc
     id_col = _id_column(df, cfg, f"table {where!r}", rs)
-    readable = _match(df, id_col, rs.ids, "left_semi").count()
+    try:
+        readable = _match(df, id_col, rs.ids, "left_semi").count()
+    except Exception as exc:  # the version's log entry is there, its data files are not
+        if not _files_missing(exc):
+            raise
+        raise InputError(f"{where!r} version {version} cannot be read: its data files were removed (VACUUM); "
+                         "verify a version within the table's retention") from exc
     out = Outcome("verify", "verified" if readable == 0 else "readable", where, version, readable=readable)
     applied = _last_action(_events(table, key(rs)), ("apply", "undo"))
     if applied is not None and applied["meta"]["action"] == "apply" and cfg.mode == "delete":
@@ -272,6 +278,13 @@ def verify_removal(spark: SparkSession, cfg: JobConfig) -> Outcome:
     log.info("%s", out.line())
     record(spark, cfg, rs, out)
     return out
+
+
+def _files_missing(exc: BaseException) -> bool:
+    """Whether a read failed because data files of the version are gone (Spark's
+    FAILED_READ_FILE.FILE_NOT_EXIST, a java.io.FileNotFoundException underneath)."""
+    text = str(exc)
+    return "FILE_NOT_EXIST" in text or "FileNotFoundException" in text
 
 
 def _match(table: DataFrame, id_col: str, ids: DataFrame, how: str) -> DataFrame:
