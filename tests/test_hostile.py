@@ -200,6 +200,11 @@ CASES = [
     Case("config a list", lambda h: ["run", "--config", h.file("c.yaml", "- forget\n")], "must hold a mapping"),
     # ---------------------------------------------------------------- outputs
     Case("output a file", lambda h: [*h.run(), "--output", h.file("o.txt", "x")], "is a file; --output names"),
+    # /sys refuses new files even to root (as a read-only folder refuses them to its non-owners)
+    Case("output a folder that refuses writes", lambda h: [*h.run(), "--output", "/sys/distunlearn-hostile"],
+         "output folder '/sys/distunlearn-hostile' cannot be written: Permission denied in '/sys'"),
+    Case("output under a file", lambda h: [*h.run(), "--output", h.file("o.txt", "x") + "/out"],
+         "cannot be written: Not a directory in"),
     Case("output holding a Parquet statistics folder", lambda h: [
         *h.run(), "--output", str(Path(h.features("o/statistics", _rows(2))).parent)],
          "holds 'statistics', which is not a Delta table"),
@@ -249,6 +254,12 @@ CASES = [
                                                            str(Path(h.features("dst/x", _rows(2))).parent)),
          "exists and is not a Delta table"),
     Case("copy without a target", lambda h: h.clean("apply", "--mode", "copy"), "needs --target"),
+    Case("copy into a folder that refuses writes", lambda h: h.clean("apply", "--mode", "copy", "--target",
+                                                                    "/sys/distunlearn-hostile"),
+         "target '/sys/distunlearn-hostile' cannot be written: Permission denied"),
+    Case("export into a folder that refuses writes", lambda h: [*h.clean("export"), "--target",
+                                                                "/sys/distunlearn-hostile"],
+         "target '/sys/distunlearn-hostile' cannot be written: Permission denied"),
     Case("purge below the retention", lambda h: h.clean("purge", "--retention-hours", "0"),
          "below the table's delta.deletedFileRetentionDuration"),
     Case("purge retention infinite", lambda h: h.clean("purge", "--retention-hours", "inf"),

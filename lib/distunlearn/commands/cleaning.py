@@ -65,7 +65,14 @@ from distunlearn.store import lake
 from distunlearn.store.delta import delta_conflict
 from distunlearn.store.lake import TOOL, TXN_APP_ID, TXN_VERSION, USER_METADATA, Table, open_delta
 from distunlearn.store.output import RemovalSet, Store
-from distunlearn.store.sources import is_delta, local_path, not_delta_folder, read_source, same_location
+from distunlearn.store.sources import (
+    check_can_write,
+    is_delta,
+    local_path,
+    not_delta_folder,
+    read_source,
+    same_location,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +118,16 @@ class Outcome:
 
 
 # ----------------------------------------------------------------------------- inputs
-def load_removal_set(spark: SparkSession, cfg: JobConfig) -> RemovalSet:
-    """The removal set the options name: ``--budget`` or ``--k`` of (run, method)."""
+def load_removal_set(spark: SparkSession, cfg: JobConfig, logged: bool = True) -> RemovalSet:
+    """The removal set the options name: ``--budget`` or ``--k`` of (run, method).  ``logged``:
+    the command records itself in the output's ``applies`` table, so the folder must take
+    writes (checked first: apply must not change the table and then fail to log it)."""
     if bool(cfg.budget) == bool(cfg.k):
         raise ConfigError("give the removal set's --budget or its --k (one of them)")
-    return Store(spark, cfg.output).removal_set(cfg.run_id, cfg.method, budget=cfg.budget or None, k=cfg.k or None)
+    store = Store(spark, cfg.output)
+    if logged:
+        store.check_can_write()
+    return store.removal_set(cfg.run_id, cfg.method, budget=cfg.budget or None, k=cfg.k or None)
 
 
 def _id_column(df: DataFrame, cfg: JobConfig, what: str, rs: RemovalSet) -> str:
@@ -227,6 +239,7 @@ def _apply_copy(spark: SparkSession, cfg: JobConfig, rs: RemovalSet) -> Outcome:
     if local is not None and not_delta_folder(local):
         raise InputError(f"target {cfg.target!r} exists and is not a Delta table; copy mode writes the cleaned "
                          "table there: give a new folder or an earlier copy's")
+    check_can_write(cfg.target, "target")
     existing = open_delta(spark, cfg.target, "target") if is_delta(spark, cfg.target) else None
     events = _events(existing, name) if existing else []
     done = _last_action(events, ("apply",))
@@ -383,7 +396,8 @@ def export_removal_set(spark: SparkSession, cfg: JobConfig) -> Outcome:
     """Write the removal set's rows (id, score, rank, group, group_rank) to ``cfg.target``."""
     if not cfg.target:
         raise ConfigError("export needs --target (the folder to write the removal set to)")
-    rs = load_removal_set(spark, cfg)
+    rs = load_removal_set(spark, cfg, logged=False)
+    check_can_write(cfg.target, "target")
     lake.write_export(rs.rows, cfg.target, cfg.export_format)
     out = Outcome("export", "exported", cfg.target, -1, rows_after=rs.k,
                   note=f"{rs.k} rows of {rs.method} k={rs.k} of run {rs.run_id}, {cfg.export_format}")

@@ -42,7 +42,7 @@ from distunlearn.options import Options, from_flat, to_flat
 from distunlearn.progress import Stage, note
 from distunlearn.store import ledger, tables
 from distunlearn.store.delta import WRITE_ATTEMPTS, append, check_schema, frame_of, replace_run
-from distunlearn.store.sources import is_delta, local_path, not_delta_folder, qualify
+from distunlearn.store.sources import check_can_write, is_delta, local_path, not_delta_folder, qualify
 from distunlearn.store.tables import Table
 
 if TYPE_CHECKING:
@@ -135,6 +135,11 @@ class Store:
             raise InputError(f"output folder {self.root!r} holds a {tables.CONTRACT_1_TABLE} table: it was written by "
                              "distunlearn 0.1 (output contract 1), and this version writes and reads removal_ranking "
                              "and removal_budgets; use a new --output (rerun the runs you need there)")
+
+    def check_can_write(self) -> None:
+        """InputError when the output folder refuses new files (checked before a command's
+        work, so that it does not fail at its first write)."""
+        check_can_write(self.root, "output folder")
 
     def _frame(self, table: Table, rows: list[dict[str, Any]], id_type: str = "bigint") -> DataFrame:
         return frame_of(self.spark, rows, table.ddl(id_type), table.columns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -132,6 +133,24 @@ def not_delta_folder(path: Path) -> bool:
     if not path.exists():
         return False
     return not path.is_dir() or (not (path / "_delta_log").is_dir() and any(path.iterdir()))
+
+
+def check_can_write(location: str, what: str) -> None:
+    """InputError when the local folder ``location`` (or, before it exists, its nearest existing
+    parent) refuses a new file: read-only, another user's, or under a file.  A probe file is
+    created and removed; nothing stays.  A remote URI is left to the first write."""
+    path = local_path(location)
+    if path is None:
+        return
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".distunlearn-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{what} {location!r} cannot be written: {exc.strerror or exc} in {str(existing)!r}") from exc
 
 
 #: The first and last four bytes of every Parquet file.
