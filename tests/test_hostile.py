@@ -178,7 +178,8 @@ CASES = [
     Case("ridge negative", lambda h: h.run("--ridge", "-1"), "ridge must be at least 0, got -1.0"),
     Case("covariance rank 0", lambda h: h.run("--covariance-rank", "0"), "covariance_rank must be at least 1"),
     Case("tolerated eps NaN", lambda h: h.run("--tolerated-eps", "nan"), "tolerated_eps must be a finite number"),
-    Case("shuffle partitions 0", lambda h: h.run("--shuffle-partitions", "0"), "shuffle_partitions must be at least 1"),
+    Case("shuffle partitions 0", lambda h: h.run("--shuffle-partitions", "0"),
+         "shuffle_partitions must be in [1, 2147483647], got 0"),
     Case("run id with a slash", lambda h: h.run("--run-id", "a/b"), "run_id 'a/b' must match"),
     Case("run id with a quote", lambda h: h.run("--run-id", "it's"), "run_id \"it's\" must match"),
     Case("run id ..", lambda h: h.run("--run-id", ".."), "run_id '..' must match"),
@@ -266,6 +267,44 @@ CASES = [
          "retention_hours must be a finite number"),
 ]
 
+
+def _option(command: str, option: str, value: str, fragment: str | None = None) -> Case:
+    """A numeric option at a value outside its range (or not a number), on the command that
+    uses it; the line must name the option."""
+    flag = f"--{option.replace('_', '-')}"
+    build: Callable[[Lake], list[str]] = {
+        "run": lambda h: h.run(flag, value),
+        "text": lambda h: h.run("--text-col", "text", "--methods", "lr_ngram", flag, value),
+        "evaluate": lambda h: ["evaluate", "--output", h.out, "--run-id", "good", flag, value],
+        "report": lambda h: ["report", "--output", h.out, "--run-id", "good", flag, value],
+        "apply": lambda h: [*h.clean("apply"), flag, value],
+        "verify": lambda h: [*h.clean("verify"), flag, value],
+    }[command]
+    return Case(f"{command} {flag} {value}", build, fragment or option)
+
+
+#: Every numeric option the commands read, at the values its range excludes.
+CASES += [_option(command, option, value) for command, option, values in (
+    ("run", "covariance_rank", ("-1", "abc")),
+    ("run", "ridge", ("nan", "abc")),
+    ("run", "max_condition", ("0", "-1", "nan")),
+    ("run", "seed", ("-1", "abc", "1e30")),
+    ("run", "tolerated_eps", ("-1", "inf")),
+    ("run", "target_alpha", ("-1", "inf")),
+    ("run", "shuffle_partitions", ("-1", "1e30")),
+    ("run", "arrow_batch_size", ("0", "1e30")),
+    ("text", "ngram_buckets", ("0", "1", "-1")),
+    ("text", "ngram_order", ("0",)),
+    ("text", "ngram_smoothing", ("0", "-1", "nan", "inf")),
+    ("text", "text_dim", ("0",)),
+    ("evaluate", "eval_reg_param", ("-1", "inf")),
+    ("evaluate", "eval_max_iter", ("0",)),
+    ("evaluate", "holdout_fraction", ("0", "1")),
+    ("report", "report_sample_rows", ("0",)),
+    ("apply", "budget", ("-1", "nan")),
+    ("apply", "k", ("-1",)),
+    ("verify", "as_of", ("-5",)),
+) for value in values]
 
 @pytest.fixture(scope="module")
 def shared(spark, tmp_path_factory):

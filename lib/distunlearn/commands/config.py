@@ -236,8 +236,12 @@ class JobConfig:
                 if v not in choices and v != "":  # "" : not given (method, outside apply)
                     raise ConfigError(f"unknown {label} {v!r}; choose from {', '.join(choices)}")
         for name in ("shuffle_partitions", "arrow_batch_size", "report_sample_rows"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= INT_MAX:  # Spark takes them as Java ints
+                raise ConfigError(f"{name} must be in [1, {INT_MAX}], got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be at least 0, got {self.seed}")
+        if self.as_of < -1:
+            raise ConfigError(f"as_of must be a table version (>= 0) or -1 (the latest), got {self.as_of}")
         if not 0 <= self.retention_hours < math.inf:
             raise ConfigError(f"retention_hours must be a finite number >= 0, got {self.retention_hours}")
         if self.k < 0:
@@ -246,6 +250,10 @@ class JobConfig:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         self.options().check()
         return self
+
+
+#: The largest Java int and long: Spark settings and seeds beyond them cannot be passed on.
+INT_MAX, LONG_MAX = 2**31 - 1, 2**63 - 1
 
 
 # ---------------------------------------------------------------------- parsing values
@@ -278,8 +286,8 @@ def _parse(f: dataclasses.Field[Any], raw: Any) -> Any:
                 return False
             raise ValueError(raw)
         if kind == "int":
-            if isinstance(raw, bool) or float(raw) != int(float(raw)):
-                raise ValueError(raw)
+            if isinstance(raw, bool) or float(raw) != int(float(raw)) or abs(float(raw)) > LONG_MAX:
+                raise ValueError(raw)  # and beyond a Java long, which Spark would have to take
             return int(float(raw))
         if kind == "float":
             return float(raw)
