@@ -389,9 +389,10 @@ def write_sets(spark, output: str, run_id: str, sets: dict[tuple[str, float], li
     store = Store(spark, output)
     frame_ = spark.createDataFrame(ranking, "method string, id long, score double, rank long, group string, "
                                             "group_rank long")
+    token = store.claim(run_id, RunRecord())
     rv = store.write_ranking(run_id, frame_)
     bv = store.write_budgets(run_id, budgets, rv)
-    store.write_ledger(run_id, "succeeded", RunRecord(), outputs={"removal_ranking": rv, "removal_budgets": bv})
+    store.finish(run_id, "succeeded", RunRecord(), token, outputs={"removal_ranking": rv, "removal_budgets": bv})
 
 
 def training(ids, held: set[int]) -> list[int]:
