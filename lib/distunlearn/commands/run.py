@@ -193,7 +193,6 @@ def run_pipeline(spark: SparkSession, cfg: JobConfig) -> RunReport:
     store = Store(spark, cfg.output)
     store.check_folder()
     record = _record(cfg)
-    store.check_can_write()
     store.check_free(cfg.run_id, cfg.takeover, record.started_at)  # and again as the run claims it
     timings: dict[str, float] = {}
     with Stage(timings, "read_check"):
@@ -218,7 +217,6 @@ def run_stats(spark: SparkSession, cfg: JobConfig) -> RunReport:
     store.check_folder()
     options = cfg.options()
     record = _record(cfg)
-    store.check_can_write()
     store.check_free(cfg.run_id, cfg.takeover, record.started_at)  # its statistics are a running run's
     report = RunReport(cfg.run_id)
     with Stage(report.timings, "read_check"):
@@ -244,7 +242,6 @@ def run_score(spark: SparkSession, cfg: JobConfig) -> RunReport:
     stats_run = cfg.stats_run_id or cfg.run_id
     statistics = store.load_statistics(stats_run, options)
     record = _record(cfg, stats_run_id=stats_run, statistics_note=f"statistics of run {stats_run}")
-    store.check_can_write()
     store.check_free(cfg.run_id, cfg.takeover, record.started_at)  # and again as the run claims it
     forget = read_source(spark, cfg.forget, "forget")
     retain = read_source(spark, cfg.retain, "retain")

@@ -96,15 +96,12 @@ def retrying(action: Callable[[], T], what: str) -> T:
     raise AssertionError("unreachable")
 
 
-def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",),
-                merge_schema: bool = False) -> int:
+def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",)) -> int:
     """Write ``df`` (which has a run_id column equal to ``run_id``) as the run's rows of the
     Delta table at ``path``, replacing earlier rows of the same run in one commit; return the
-    table version written.  ``merge_schema`` adds new columns to an older table."""
+    table version written."""
     start = time.monotonic()
     writer = plain_strings(df).write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'")
-    if merge_schema:
-        writer = writer.option("mergeSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     retrying(lambda: writer.save(path), f"writing {path!r} for run {run_id!r}")

@@ -144,8 +144,8 @@ class Store:
     def _frame(self, table: Table, rows: list[dict[str, Any]], id_type: str = "bigint") -> DataFrame:
         return frame_of(self.spark, rows, table.ddl(id_type), table.columns)
 
-    def _replace(self, table: Table, df: DataFrame, run_id: str, merge_schema: bool = False) -> int:
-        return replace_run(df, self.path(table), run_id, partition_by=table.partition_by, merge_schema=merge_schema)
+    def _replace(self, table: Table, df: DataFrame, run_id: str) -> int:
+        return replace_run(df, self.path(table), run_id, partition_by=table.partition_by)
 
     def read(self, table: Table, run_id: str, version: int | None = None) -> DataFrame:
         """The rows of ``run_id`` in ``table`` (at ``version``); InputError if the table is missing."""
@@ -193,8 +193,7 @@ class Store:
         return from_flat(json.loads(run["config"] or "{}"))
 
     def _ledger_row(self, run_id: str, status: str, record: RunRecord, token: str, result: Result | None = None,
-                    outputs: dict[str, int] | None = None, error: str | None = None,
-                    timings: dict[str, float] | None = None) -> DataFrame:
+                    outputs: dict[str, int] | None = None, error: str | None = None) -> DataFrame:
         """The run's row of the ledger, carrying its claim ``token``."""
         r = result
         est = r.model.covariance if r else None
@@ -203,7 +202,7 @@ class Store:
                "retain_source": record.retain_source, "stats_run_id": record.stats_run_id or run_id,
                "n_forget": r.n_forget if r else 0, "n_retain": r.n_retain if r else 0, "dim": r.dim if r else 0,
                "covariance": est.kind if est else "", "shrinkage": float(est.shrinkage) if est else 0.0,
-               "timings": dict(timings or {}),
+               "timings": dict(r.timings if r else {}),
                "summary": [(s["method"], s["budget"], s["budget_count"], s["k"], s["threshold"])
                            for s in (r.summary() if r else [])],
                "forget_version": record.forget_version, "retain_version": record.retain_version,
@@ -215,8 +214,10 @@ class Store:
         return self._frame(tables.RUNS, [row])
 
     def check_free(self, run_id: str, takeover: bool = False, started: dt.datetime | None = None) -> None:
-        """ConflictError when a live run holds ``run_id`` (:mod:`distunlearn.store.ledger`): a
-        command checks before its work, and the claim checks again as it writes."""
+        """Before a command that writes ``run_id`` does its work: InputError when the output
+        folder refuses new files, ConflictError when a live run holds ``run_id``
+        (:mod:`distunlearn.store.ledger`; the claim checks again as it writes)."""
+        self.check_can_write()
         ledger.check_free(self.run(run_id), run_id, takeover, started or _now())
 
     def claim(self, run_id: str, record: RunRecord, result: Result | None = None, takeover: bool = False) -> str:
@@ -225,7 +226,7 @@ class Store:
         path = self.path(tables.RUNS)
         ledger.prepare(self.spark, path, self._frame(tables.RUNS, []))
         token = ledger.new_token()
-        row = self._ledger_row(run_id, "running", record, token, result, timings=result.timings if result else None)
+        row = self._ledger_row(run_id, "running", record, token, result)
         for _ in range(WRITE_ATTEMPTS):
             held = self.run(run_id)
             ledger.check_free(held, run_id, takeover, record.started_at)
@@ -241,8 +242,7 @@ class Store:
     def finish(self, run_id: str, status: str, record: RunRecord, token: str, result: Result | None = None,
                outputs: dict[str, int] | None = None, error: str | None = None) -> None:
         """The run's last ledger write ("succeeded" or "failed"), only over its own claim."""
-        row = self._ledger_row(run_id, status, record, token, result, outputs, error,
-                               result.timings if result else None)
+        row = self._ledger_row(run_id, status, record, token, result, outputs, error)
         try:
             if not ledger.merge(self.spark, self.path(tables.RUNS), row, ledger.OWNED, insert=False):
                 raise ConflictError(f"run {run_id!r} lost its claim on the run id to another run while it wrote "
