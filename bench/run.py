@@ -258,11 +258,11 @@ def scaling(args: argparse.Namespace, work: Path) -> dict[str, object]:
             "rows": {"small": args.rows, "big": args.scale_rows}}
 
 
-#: At d = 4096 the defaults failed: the Parquet reader's 4096-row batches of 4096-float arrays
-#: (plus the 10 000-row Arrow batches) ran out of the 2 GB heap.  Batches of ~4M floats, as at
-#: d = 384 with the defaults, and a 6 GB heap for the d x d statistics in flight.
-LARGE_D_SETTINGS = ["--arrow-batch-size", "1000", "--spark-conf", "spark.sql.parquet.columnarReaderBatchSize=1024",
-                    "--driver-memory", "6g"]
+#: Settings of the large-d runs: none since the job derives its batch sizes from d and the heap
+#: (``distunlearn.transforms.sizing``) and takes the diagnostics' statistics in rounds.  Before
+#: that, d = 4096 needed ``--arrow-batch-size 1000 --spark-conf
+#: spark.sql.parquet.columnarReaderBatchSize=1024 --driver-memory 6g`` (profiling log #9).
+LARGE_D_SETTINGS: list[str] = []
 
 
 def large_dims(args: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -413,7 +413,8 @@ def render(args: argparse.Namespace, results: dict[str, object], kept: str) -> s
     ld = results.get("large_dims")
     if ld:
         lines += [f"## Large d ({args.large_dim_rows:,} forget + {args.large_dim_rows:,} retain rows; "
-                  f"settings `{' '.join(LARGE_D_SETTINGS)}`; methods lr_gauss, maha_mu2; "
+                  f"settings {'`' + ' '.join(LARGE_D_SETTINGS) + '`' if LARGE_D_SETTINGS else 'the defaults'}; "
+                  "methods lr_gauss, maha_mu2; "
                   f"budgets 0.05, 0.1, 0.2, 0.5; low rank r = {args.rank})", "",
                   "| d | covariance | wall | statistics | score + select | peak memory | overlap with full "
                   "(maha_mu2 @0.05 / @0.5) | alpha maha_mu2 @0.1 (full: same row) |",

@@ -59,20 +59,41 @@ def test_drop_policy_counts_and_excludes_nonfinite_rows(spark):
     np.testing.assert_allclose(result.stats.m2 / 37, np.cov(x[keep].T, bias=True), rtol=1e-10, atol=1e-12)
 
 
-def test_a_result_the_driver_cannot_take_is_refused_before_the_pass():
-    """The removal-set statistics come to the driver as one d x d float64 matrix per method and
-    part; above spark.driver.maxResultSize Spark aborts the stage after the work (and once
-    crashed the JVM killing its other tasks), so the job stops first with one line."""
+def test_the_driver_takes_merged_statistics_in_rounds_a_quarter_of_its_result_limit():
+    """The removal-set statistics are one d x d float64 matrix per method and part (11 GB at
+    d = 4096 with the defaults): they come to the driver in rounds of at most a quarter of
+    spark.driver.maxResultSize and 128 MiB, never the whole at once."""
     from distunlearn.errors import ConfigError
-    from distunlearn.transforms.statistics import byte_size, check_result_size
+    from distunlearn.transforms.merge import round_bytes
+    from distunlearn.transforms.sizing import byte_size
 
     assert [byte_size(s) for s in ("1g", "4096m", "512k", "2GB", "512", "0")] == [
         2**30, 2**32, 2**19, 2**31, 512, 0]
-    check_result_size(10, 4096, "4g")  # 10 x (4096^2 + 2 x 4096 + 2) x 8 bytes = 1.25 GiB fits
-    check_result_size(10**6, 4096, "0")  # 0: no limit
-    with pytest.raises(ConfigError, match=r"^the diagnostics bring 10 statistics of d = 4096 to the driver, 1\.25 GiB, "
-                                          r"above spark\.driver\.maxResultSize = 1g: raise it \(--spark-conf "
-                                          r"spark\.driver\.maxResultSize=3g;"):
-        check_result_size(10, 4096, "1g")
+    assert round_bytes("1g") == 128 * 2**20  # the cap: a quarter of 1g is 256 MiB
+    assert round_bytes("200m") == 50 * 2**20
+    assert round_bytes("0") == 128 * 2**20  # 0: no limit, the cap still holds
+    assert round_bytes("1k") == 64 * 2**10  # never below a 64 KiB piece
     with pytest.raises(ConfigError, match=r"^spark\.driver\.maxResultSize 'lots' is not a size"):
         byte_size("lots")
+
+
+def test_large_d_lowers_the_batch_settings_inside_the_block_only(spark):
+    """The suite's session: 7-row Arrow batches stay (never raised), the Parquet reader's 4096
+    rows drop to what the heap per task allows at d = 100 000, and both are put back after."""
+    from distunlearn.core.batches import batch_rows
+    from distunlearn.transforms import sizing
+    from distunlearn.transforms.sizing import ARROW_BATCH, ARROW_BYTES, PARQUET_BATCH, byte_size
+
+    before = {k: spark.conf.get(k) for k in (ARROW_BATCH, PARQUET_BATCH, ARROW_BYTES)}
+    heap = sizing.heap_per_task(spark)
+    assert heap == byte_size(spark.conf.get("spark.driver.memory", "1g")) // 2  # local[2]
+    with sizing.batches_for(spark, 100_000) as used:
+        assert spark.conf.get(ARROW_BATCH) == before[ARROW_BATCH] == "7"
+        assert spark.conf.get(PARQUET_BATCH) == str(batch_rows(100_000, heap, int(before[PARQUET_BATCH])))
+        assert spark.conf.get(ARROW_BYTES) == str(heap // 16)  # pieces of the statistics: 8 MB each
+        assert used == {ARROW_BATCH: 7, PARQUET_BATCH: int(spark.conf.get(PARQUET_BATCH)), ARROW_BYTES: heap // 16}
+        assert used[PARQUET_BATCH] < int(before[PARQUET_BATCH])
+    assert {k: spark.conf.get(k) for k in (ARROW_BATCH, PARQUET_BATCH)} == {k: before[k] for k in (ARROW_BATCH,
+                                                                                                PARQUET_BATCH)}
+    # put back with the same value; Spark shows a default of 256 MiB as "268435456b", a setting without the unit
+    assert byte_size(spark.conf.get(ARROW_BYTES)) == byte_size(before[ARROW_BYTES]) == 2**28

@@ -229,3 +229,15 @@ def test_check_dims() -> None:
     with pytest.raises(InputError) as exc:
         check_dims(5, 6, "emb")
     assert "'emb'" in str(exc.value) and "5" in str(exc.value) and "6" in str(exc.value)
+
+
+def test_batch_rows_hold_a_number_of_floats_set_by_the_heap_per_task():
+    from distunlearn.core.batches import batch_rows
+
+    gib = 2**30
+    # 1 GiB per task (2g for local[2]): 4M floats, so Spark's defaults stand at d = 384
+    assert batch_rows(384, gib, 10000) == 10000 and batch_rows(384, gib, 4096) == 4096
+    assert batch_rows(1024, gib, 10000) == 4096
+    assert batch_rows(4096, gib, 10000) == 1024 and batch_rows(4096, 4 * gib, 10000) == 4096
+    assert batch_rows(4096, gib, 500) == 500  # never above the session's setting
+    assert batch_rows(10**6, gib, 10000) == 16  # at least 16 rows, whatever d

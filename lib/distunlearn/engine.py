@@ -13,10 +13,12 @@ groups, covariance) happens here, before anything can be written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +36,10 @@ from distunlearn.core.text import TextModel
 from distunlearn.errors import InputError
 from distunlearn.options import Options
 from distunlearn.progress import Stage
-from distunlearn.transforms.prepare import GROUP, ID, check_ids, normalize
+from distunlearn.transforms.prepare import FEATURES, GROUP, ID, check_ids, normalize
 from distunlearn.transforms.rank import GROUP_RANK, RANK, BudgetSet, Ranking, rank_scores, sort_partitions
 from distunlearn.transforms.score import METHOD, SCORE, score_forget
+from distunlearn.transforms.sizing import batches_for
 from distunlearn.transforms.statistics import bucket_stats, check_groups, domain_stats, ngram_stats
 from distunlearn.transforms.text import normalize_text, with_features
 
@@ -268,6 +271,21 @@ def select_removal(spark: SparkSession, forget: DataFrame | str, retain: DataFra
             r_df = prepare(r_df, "retain", opts, check=opts.columns.check_retain_ids and statistics is None)
             if statistics is not None and not opts.columns.text:
                 _check_against(f_df, statistics.forget.stats, opts)
+    dim = None if opts.columns.text else statistics.forget.stats.dim if statistics is not None else _feature_dim(f_df)
+    with batches_for(spark, dim) if dim else contextlib.nullcontext():
+        return _select(spark, f_df, r_df, opts, statistics, timings)
+
+
+def _feature_dim(df: DataFrame) -> int | None:
+    """The length of the first row's features (one small job; None for an empty table): the
+    batch sizes of the passes depend on it (:func:`~distunlearn.transforms.sizing.batches_for`)."""
+    rows = df.select(F.size(FEATURES)).limit(1).collect()
+    return int(rows[0][0]) if rows and rows[0][0] is not None and rows[0][0] > 0 else None
+
+
+def _select(spark: SparkSession, f_df: DataFrame, r_df: DataFrame, opts: Options, statistics: Statistics | None,
+            timings: dict[str, float]) -> Result:
+    """:func:`select_removal` after the tables are read and checked."""
     if statistics is None:
         with Stage(timings, "statistics"):
             text = text_model(f_df, r_df, opts) if opts.columns.text else None
@@ -388,44 +406,61 @@ def _diagnose(forget: DataFrame, model: ScoringModel, options: Options, statisti
     """The diagnostics of every set, and with groups one :class:`GroupPoint` per method,
     positive k and group.  One pass over the forget table puts each row's statistics in the
     bucket of the smallest part of its group's sets holding it (every part is a prefix of the
-    group's ranking); a set's kept forget rows are then merges of buckets."""
+    group's ranking); a set's kept forget rows are then merges of buckets.
+
+    The buckets come one at a time, each method's last first, and the kept rows of a set are
+    a suffix merge of them: without groups the driver holds one running merge and one bucket
+    (a d x d matrix each: 134 MB at d = 4096), with groups one per group and cut of a method."""
     f_stats, r_stats = statistics.forget.stats, statistics.retain.stats
     dim = f_stats.dim
     methods = options.scoring.methods
-    buckets = bucket_stats(forget, model, methods, options.scoring.seed, ranking.bounds, dim,
+    quota = {(s.method, s.budget.k): s.quotas for s in ranking.sets}
+    # per method and group: the distinct positive part sizes (the cuts of the group's ranking)
+    sizes = {(m, g): sorted({quota[(m, b.k)][g] for b in budgets if quota[(m, b.k)][g] > 0})
+             for m in methods for g in plan.groups}
+    wanted = [(m, g, j) for m in methods for g in plan.groups for j in reversed(range(len(sizes[(m, g)]) + 1))]
+    buckets = bucket_stats(forget, model, methods, options.scoring.seed, ranking.bounds, dim, wanted,
                            options.selection.selection, cores)
     empty = GaussianStats.empty(dim)
-    kept: dict[tuple[str, int], GaussianStats] = {}
     points: list[GroupPoint] = []
-    quota = {(s.method, s.budget.k): s.quotas for s in ranking.sets}
-    for m in methods:
-        # per group: the distinct positive part sizes, and the kept rows from each cut on
-        # (suffix merges: kept_from[c] = the rows of buckets c, c + 1, ..., the last)
-        cuts: dict[str | None, tuple[list[int], list[GaussianStats]]] = {}
-        for g in plan.groups:
-            sizes = sorted({quota[(m, b.k)][g] for b in budgets if quota[(m, b.k)][g] > 0})
-            parts = [buckets.get((m, g, j), empty) for j in range(len(sizes) + 1)]
-            kept_from = [parts[-1]]
-            for part in reversed(parts[:-1]):
-                kept_from.append(kept_from[-1].merge(part))
-            cuts[g] = sizes, list(reversed(kept_from))
-        for b in budgets:
-            if b.k == 0:
+
+    def suffixes(m: str, g: str | None) -> Iterator[tuple[int, GaussianStats]]:
+        """(c, kept_from[c]) for c from the last cut down to 0: the rows of buckets c, c + 1, ..."""
+        running = None
+        for j in reversed(range(len(sizes[(m, g)]) + 1)):
+            key, part = next(buckets)
+            assert key == (m, g, j), (key, (m, g, j))
+            part = part if part is not None else empty
+            running = part if running is None else running.merge(part)
+            yield j, running
+
+    def kept_sets() -> Iterator[tuple[tuple[str, int], GaussianStats]]:
+        """((method, k), the forget rows the set keeps) for every positive k."""
+        for m in methods:
+            positive = list(dict.fromkeys(b.k for b in budgets if b.k > 0))
+            if not plan.grouped:  # one group: each set is one suffix, taken as it is reached
+                (g,) = plan.groups
+                cut = {k: sizes[(m, g)].index(q) + 1 if (q := quota[(m, k)][g]) else 0 for k in positive}
+                for c, kept_c in suffixes(m, g):
+                    for k in positive:
+                        if cut[k] == c:
+                            yield (m, k), empty.merge(kept_c)
                 continue
-            total = empty
-            for g in plan.groups:
-                sizes, kept_from = cuts[g]
-                q = quota[(m, b.k)][g]
-                kept_g = kept_from[sizes.index(q) + 1 if q else 0]
-                total = total.merge(kept_g)
-                if plan.grouped:
-                    p = group_point(m, b.k, str(g), statistics.forget.groups.get(g, empty),  # type: ignore[arg-type]
+            cuts = {g: dict(suffixes(m, g)) for g in plan.groups}
+            for k in positive:
+                total = empty
+                for g in plan.groups:
+                    q = quota[(m, k)][g]
+                    kept_g = cuts[g][sizes[(m, g)].index(q) + 1 if q else 0]
+                    total = total.merge(kept_g)
+                    p = group_point(m, k, str(g), statistics.forget.groups.get(g, empty),  # type: ignore[arg-type]
                                     statistics.retain.groups.get(g, empty), kept_g)  # type: ignore[arg-type]
                     if p.removed != q:
-                        raise ValueError(f"{m}, k = {b.k}, group {g!r}: the diagnostics pass finds {p.removed} "
+                        raise ValueError(f"{m}, k = {k}, group {g!r}: the diagnostics pass finds {p.removed} "
                                          f"removed rows, the selection {q}")
                     points.append(p)
-            kept[(m, b.k)] = total
+                yield (m, k), total
+
     d = options.calibration
-    return diagnose_kept(f_stats, r_stats, kept, [(b.budget, b.k) for b in budgets], d.tolerated_eps,
+    return diagnose_kept(f_stats, r_stats, kept_sets(), [(b.budget, b.k) for b in budgets], d.tolerated_eps,
                          d.target_alpha), points

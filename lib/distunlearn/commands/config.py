@@ -191,7 +191,10 @@ class JobConfig:
                          "empty: $SPARK_REMOTE when set")
     shuffle_partitions: int = _f(8, "spark.sql.shuffle.partitions")
     arrow_batch_size: int = _f(10000, "rows per Arrow batch handed to the numpy kernels "
-                                      "(spark.sql.execution.arrow.maxRecordsPerBatch)")
+                                      "(spark.sql.execution.arrow.maxRecordsPerBatch); at large d the "
+                                      "passes over the features lower it, and the Parquet reader's "
+                                      "batch, to (heap per task slot) / 256 / d rows: 1024 at d = 4096 "
+                                      "with the default 2g")
     driver_memory: str = _f("2g", "spark.driver.memory (local mode: the whole job's memory)")
     ivy_dir: str = _f("~/.cache/distunlearn/ivy", "Ivy cache the Delta jars are fetched into "
                       "from Maven Central on first use")

@@ -121,6 +121,19 @@ def list_to_matrix(column: pa.Array | pa.ChunkedArray) -> Batch:
     return Batch(x[good], mask, counts)
 
 
+#: Heap bytes per float of a batch in flight: the Parquet reader's column vectors, the Arrow
+#: copy the JVM sends and the Python worker's float64 matrix are each a few bytes per float,
+#: and a task holds a batch of each at once.  2 GB for two task slots gives 4M floats.
+HEAP_PER_FLOAT = 256
+
+
+def batch_rows(dim: int, heap_per_task: int, most: int) -> int:
+    """Rows per batch of ``dim``-float rows for ``heap_per_task`` bytes of JVM heap: at most
+    ``most`` (the session's setting) and at least 16.  d = 384 with 1 GiB per task: the
+    default 10 000 rows; d = 4096: 1024 rows."""
+    return max(16, min(most, heap_per_task // HEAP_PER_FLOAT // max(dim, 1)))
+
+
 def check_dims(forget_dim: int, retain_dim: int, column: str) -> None:
     """Forget and retain features must have the same dimension."""
     if forget_dim != retain_dim:

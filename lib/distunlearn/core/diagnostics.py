@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,22 +202,24 @@ def diagnose(forget: GaussianStats, retain: GaussianStats, buckets: dict[str, li
     return _calibrated(list(buckets), points, kappa, base, budgets, tolerated_eps, target_alpha)
 
 
-def diagnose_kept(forget: GaussianStats, retain: GaussianStats, kept: dict[tuple[str, int], GaussianStats],
-                  budgets: list[tuple[float, int]], tolerated_eps: float = 0.1,
-                  target_alpha: float = 0.0) -> Diagnostics:
+def diagnose_kept(forget: GaussianStats, retain: GaussianStats,
+                  kept: Iterable[tuple[tuple[str, int], GaussianStats]], budgets: list[tuple[float, int]],
+                  tolerated_eps: float = 0.1, target_alpha: float = 0.0) -> Diagnostics:
     """:func:`diagnose` from the statistics of the forget rows each removal set keeps, per
-    (method, k > 0): for removal sets that need not be nested across budgets (group budgets).
-    Raises ValueError if a kept count is not n_forget - k (a selection bug)."""
+    (method, k > 0), taken one at a time (at large d each is a d x d matrix; only its point is
+    kept): for removal sets that need not be nested across budgets (group budgets).  Raises
+    ValueError if a kept count is not n_forget - k (a selection bug)."""
     kappa, base = baseline(forget, retain)
-    points: dict[tuple[str, int], Point] = {}
-    for (method, k), stats in sorted(kept.items()):
+    found: dict[tuple[str, int], Point] = {}
+    for (method, k), stats in kept:
         if stats.n != forget.n - k:
             raise ValueError(f"{method}: the set of k = {k} keeps {stats.n} of n_forget = {forget.n} rows")
         edited = retain.merge(stats)
         alpha = gaussian_kl(forget, edited, "forget", f"edited data ({method}, k={k})")
         eps = gaussian_kl(retain, edited, "retain", f"edited data ({method}, k={k})")
-        points[(method, k)] = _point(method, k, alpha, eps, base.alpha, kappa)
-    methods = list(dict.fromkeys(m for m, _ in kept))
+        found[(method, k)] = _point(method, k, alpha, eps, base.alpha, kappa)
+    methods = list(dict.fromkeys(m for m, _ in found))
+    points = {key: found[key] for key in sorted(found)}
     return _calibrated(methods, points, kappa, base, budgets, tolerated_eps, target_alpha)
 
 

@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructType
 
 from distunlearn.errors import ConflictError, InputError
 from distunlearn.progress import note
+from distunlearn.transforms.payload import local_frame
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,8 +38,24 @@ def delta_conflict(exc: BaseException) -> str | None:
 
 def frame_of(spark: SparkSession, rows: list[dict[str, Any]], schema: str, columns: list[str]) -> DataFrame:
     """A DataFrame of ``rows`` (dicts keyed by column name) with the DDL ``schema`` whose
-    column names are ``columns``: each row's values are taken in that order."""
-    return spark.createDataFrame([tuple(r.get(c) for c in columns) for r in rows], schema)
+    column names are ``columns``: each row's values are taken in that order.
+
+    Rows holding numpy arrays (the statistics' d x d scatter, n-gram counts) go through Arrow:
+    a list of Python floats is a boxed object per element, and at d = 4096 the 33.5M of them
+    took ``createDataFrame`` over 9 minutes (docs/BENCHMARKS.md, profiling log #10)."""
+    if not any(isinstance(v, np.ndarray) for r in rows for v in r.values()):
+        return spark.createDataFrame([tuple(r.get(c) for c in columns) for r in rows], schema)
+    arrays = []
+    for c in columns:
+        values = [r.get(c) for r in rows]
+        matrices = [v for v in values if isinstance(v, np.ndarray)]
+        if values and len(matrices) == len(values):
+            offsets = np.concatenate([[0], np.cumsum([v.size for v in matrices])]).astype(np.int32)
+            flat = np.concatenate([v.ravel() for v in matrices])
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+        else:
+            arrays.append(pa.array(values))
+    return local_frame(spark, pa.Table.from_arrays(arrays, names=columns), schema)
 
 
 def check_schema(spark: SparkSession, schema: StructType, path: str) -> None:
@@ -96,12 +115,15 @@ def retrying(action: Callable[[], T], what: str) -> T:
     raise AssertionError("unreachable")
 
 
-def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",)) -> int:
+def replace_run(df: DataFrame, path: str, run_id: str, partition_by: tuple[str, ...] = ("run_id",),
+                compression: str | None = None) -> int:
     """Write ``df`` (which has a run_id column equal to ``run_id``) as the run's rows of the
     Delta table at ``path``, replacing earlier rows of the same run in one commit; return the
-    table version written."""
+    table version written.  ``compression``: the Parquet codec, when not the session's."""
     start = time.monotonic()
     writer = plain_strings(df).write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'")
+    if compression:
+        writer = writer.option("compression", compression)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     retrying(lambda: writer.save(path), f"writing {path!r} for run {run_id!r}")

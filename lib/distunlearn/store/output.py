@@ -145,7 +145,8 @@ class Store:
         return frame_of(self.spark, rows, table.ddl(id_type), table.columns)
 
     def _replace(self, table: Table, df: DataFrame, run_id: str) -> int:
-        return replace_run(df, self.path(table), run_id, partition_by=table.partition_by)
+        return replace_run(df, self.path(table), run_id, partition_by=table.partition_by,
+                           compression=table.compression)
 
     def read(self, table: Table, run_id: str, version: int | None = None) -> DataFrame:
         """The rows of ``run_id`` in ``table`` (at ``version``); InputError if the table is missing."""
@@ -302,8 +303,8 @@ class Store:
         for domain, ds, source in (("forget", statistics.forget, record.forget_source),
                                    ("retain", statistics.retain, record.retain_source)):
             s = ds.stats
-            rows.append({"run_id": run_id, "domain": domain, "n": s.n, "dim": s.dim, "mean": s.mean.tolist(),
-                         "m2": s.m2.ravel().tolist(), "t3": s.t3.tolist(), "q4": float(s.q4),
+            rows.append({"run_id": run_id, "domain": domain, "n": s.n, "dim": s.dim, "mean": s.mean, "m2": s.m2.ravel(),
+                         "t3": s.t3, "q4": float(s.q4),
                          "rows": ds.counts.rows, "dropped_nonfinite": ds.counts.nonfinite, "source": source,
                          "created_at": now})
         versions = {tables.STATISTICS.name: self._replace(tables.STATISTICS, self._frame(tables.STATISTICS, rows),
@@ -313,7 +314,7 @@ class Store:
             st = text.settings
             ngram = [{"run_id": run_id, "domain": domain, "buckets": st.buckets, "ngram_order": st.order,
                       "ngram_hash": st.hash_name, "tokenizer": TOKENIZER, "n_docs": n.n_docs, "n_grams": n.n_grams,
-                      "counts": n.counts.tolist(), "doc_freq": n.doc_freq.tolist(), "source": source,
+                      "counts": n.counts, "doc_freq": n.doc_freq, "source": source,
                       "created_at": now}
                      for domain, n, source in (("forget", text.forget, record.forget_source),
                                                ("retain", text.retain, record.retain_source))]

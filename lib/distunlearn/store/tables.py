@@ -31,11 +31,13 @@ CONTRACT_1_TABLE = "removal_sets"
 @dataclass(frozen=True)
 class Table:
     """One output table: its folder name under the output, DDL schema and partition columns.
-    ``{id}`` in the schema stands for the forget table's id type (bigint or string)."""
+    ``{id}`` in the schema stands for the forget table's id type (bigint or string).
+    ``compression``: the Parquet codec of its files when not Spark's default."""
 
     name: str
     schema: str
     partition_by: tuple[str, ...] = ("run_id",)
+    compression: str | None = None
 
     def ddl(self, id_type: str = "bigint") -> str:
         return self.schema.format(id=id_type)
@@ -57,7 +59,11 @@ SET_KEY = "run_id string, method string, budget double, budget_count bigint, k b
 
 STATISTICS = Table("statistics", (
     "run_id string, domain string, n bigint, dim int, mean array<double>, m2 array<double>, t3 array<double>, "
-    "q4 double, rows bigint, dropped_nonfinite bigint, source string, created_at timestamp"))
+    "q4 double, rows bigint, dropped_nonfinite bigint, source string, created_at timestamp"),
+    # Float64 sums do not compress (snappy saved nothing on them), and compressing the d x d
+    # scatter's one Parquet page (a row is one page: 134 MB at d = 4096) ran the default 2 GB
+    # heap out of memory (docs/BENCHMARKS.md, profiling log #12).
+    compression="uncompressed")
 NGRAM_STATISTICS = Table("ngram_statistics", (
     "run_id string, domain string, buckets int, ngram_order int, ngram_hash string, tokenizer string, "
     "n_docs bigint, n_grams bigint, counts array<bigint>, doc_freq array<bigint>, source string, "

@@ -60,7 +60,7 @@ def score_batches(batches: Iterable[pa.RecordBatch], model: ScoringModel,
 
 def shipped_model(forget: DataFrame, model: ScoringModel) -> Payload[ScoringModel]:
     """The model as the scoring UDFs of ``forget``'s session capture it: what scoring reads
-    (:meth:`ScoringModel.for_workers`), inline or as a Connect session file."""
+    (:meth:`ScoringModel.for_workers`), inline or as a file of the session."""
     return ship(forget.sparkSession, model.for_workers(), "scoring-model")
 
 

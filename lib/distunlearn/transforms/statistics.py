@@ -31,9 +31,9 @@ from distunlearn.core.batches import ArrowUdf, InputCounts, list_to_matrix
 from distunlearn.core.scoring import KERNEL_METHODS, ScoringModel
 from distunlearn.core.stats import DomainStats, GaussianStats
 from distunlearn.core.text import GRAMS, NgramStats, grams_of
-from distunlearn.errors import ConfigError, InputError
+from distunlearn.errors import InputError
 from distunlearn.progress import note
-from distunlearn.transforms.merge import Merger, tree_merge
+from distunlearn.transforms.merge import PIECE_COLUMN, Merger, merged_values, partial_batches, tree_merge
 from distunlearn.transforms.payload import Payload
 from distunlearn.transforms.prepare import FEATURES, GROUP, ID
 from distunlearn.transforms.score import gumbel_noise, random_score, score_batches, scoring_columns, shipped_model
@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 
 _COUNT_FIELDS = ("rows", "null_arrays", "null_elements", "nonfinite", "min_len", "max_len")
 _GUMBEL = "_gumbel"
-_DOMAIN_SCHEMA = "total boolean, grp string, " + ", ".join(f"{n} long" for n in _COUNT_FIELDS) + ", stats binary"
+_DOMAIN_SCHEMA = ("total boolean, grp string, " + ", ".join(f"{n} long" for n in _COUNT_FIELDS)
+                  + f", stats binary, {PIECE_COLUMN} long")
+_DOMAIN_ARROW = pa.schema([("total", pa.bool_()), ("grp", pa.string()), *((n, pa.int64()) for n in _COUNT_FIELDS),
+                          ("stats", pa.binary()), (PIECE_COLUMN, pa.int64())])
+_BUCKET_SCHEMA = f"method string, grp string, bucket long, stats binary, {PIECE_COLUMN} long"
+_BUCKET_ARROW = pa.schema([("method", pa.string()), ("grp", pa.string()), ("bucket", pa.int64()),
+                          ("stats", pa.binary()), (PIECE_COLUMN, pa.int64())])
 
 # ---------------------------------------------------------------------- Gaussian statistics
 def _partition_stats(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -74,9 +80,8 @@ def _partition_stats(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBat
     rows += [(False, g, InputCounts(), s) for g, s in per_group.items()] if not ragged else []
     for is_total, g, c, stats in rows:
         payload = b"" if stats is None else stats.to_flat().tobytes()
-        arrays = [pa.array([is_total]), pa.array([g], pa.string()),
-                  *[pa.array([getattr(c, n)], pa.int64()) for n in _COUNT_FIELDS], pa.array([payload], pa.binary())]
-        yield pa.RecordBatch.from_arrays(arrays, names=["total", "grp", *_COUNT_FIELDS, "stats"])
+        yield from partial_batches({"total": is_total, "grp": g, **{n: getattr(c, n) for n in _COUNT_FIELDS},
+                                    "stats": payload}, _DOMAIN_ARROW)
 
 
 _Partial = tuple[InputCounts, GaussianStats | None]
@@ -251,29 +256,27 @@ def _bucket_aggregator(model: Payload[ScoringModel], methods: tuple[str, ...], b
         # blobs at once (11 GB at d = 4096 with 4 methods and 20 budgets, past Arrow's 2 GB
         # binary offsets and any default heap); one at a time, the JVM holds one.
         for (method, group, index), stats in sorted(acc.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
-            yield pa.RecordBatch.from_arrays(
-                [pa.array([method], pa.string()), pa.array([group], pa.string()), pa.array([index], pa.int64()),
-                 pa.array([stats.to_flat().tobytes()], pa.binary())],
-                names=["method", "grp", "bucket", "stats"])
+            yield from partial_batches({"method": method, "grp": group, "bucket": index,
+                                        "stats": stats.to_flat().tobytes()}, _BUCKET_ARROW)
 
     return partition
 
 
 def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...], seed: int, bounds: Bounds,
-                 dim: int, selection: str = "topk", cores: int = 2) -> dict[tuple[str, str | None, int], GaussianStats]:
-    """Statistics of the forget rows per (method, group, bucket): the bucket of a row is the
-    number of its group's parts (:data:`Bounds`) that do not hold it.
+                 dim: int, wanted: list[tuple[str, str | None, int]], selection: str = "topk", cores: int = 2
+                 ) -> Iterator[tuple[tuple[str, str | None, int], GaussianStats | None]]:
+    """Statistics of the forget rows per (method, group, bucket), one key at a time in the
+    order of ``wanted`` (None: no row in that bucket): the bucket of a row is the number of its
+    group's parts (:data:`Bounds`) that do not hold it.
 
     One more pass over the forget table (id, features, group) that scores each row again with
     the same model: the sets are defined by (score, id) against ``bounds``, so no join with the
     written sets is needed.  The same batches give bit-identical scores; were a GEMM to round a
     row differently on a rerun, only a row tied with a part's last row to the last bit could
-    land in the neighbouring part, which moves a statistic by one row.
+    land in the neighbouring part, which moves a statistic by one row.  The merged statistics
+    come to the driver in bounded rounds (:func:`merged_values`): methods x (budgets + 1) of
+    them are 11 GB at d = 4096 with the defaults.
     """
-    start = time.monotonic()
-    parts_per_method = [sum(len(b) + 1 for b in bounds[m].values()) or 1 for m in methods]
-    check_result_size(sum(parts_per_method), dim,
-                      forget.sparkSession.conf.get("spark.driver.maxResultSize", None) or "1g")
     cols = [F.col(c) for c in scoring_columns(forget, methods)]
     cols += [random_score(seed).alias("random")] if "random" in methods else []
     cols += [gumbel_noise(seed).alias(_GUMBEL)] if selection == "gumbel" else []
@@ -282,43 +285,12 @@ def bucket_stats(forget: DataFrame, model: ScoringModel, methods: tuple[str, ...
     # treeAggregate, which took most of this pass (profiled with py-spy, docs/BENCHMARKS.md).
     # One task per core keeps the output at #cores x blobs; coalesce does not shuffle.
     source = forget.select(*cols).coalesce(cores)  # no-op when it has fewer partitions
-    parts = source.mapInArrow(_bucket_aggregator(shipped_model(forget, model), methods, bounds),
-                              "method string, grp string, bucket long, stats binary")
+    parts = source.mapInArrow(_bucket_aggregator(shipped_model(forget, model), methods, bounds), _BUCKET_SCHEMA)
 
     merger: Merger[GaussianStats] = Merger(
         lambda v: GaussianStats.from_flat(np.frombuffer(bytes(v[0]), np.float64), dim),
         GaussianStats.merge, lambda s: (s.to_flat().tobytes(),))
     # At most `cores` partials per key (the coalesce above): one level, no level-1 shuffle of
     # the d x d blobs (that level cost 5-10 s of this pass at 1M x 384, docs/BENCHMARKS.md).
-    merged = tree_merge(parts, ["method", "grp", "bucket"], merger, fan=None)
-    log.debug("statistics of the removal sets of %d methods in %.1f s", len(methods), time.monotonic() - start)
-    return merged
-
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
-          "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}
-
-
-def byte_size(setting: str) -> int:
-    """Bytes of a Spark size setting ("1g", "4096m", "512k", "0"; a bare number is bytes, as
-    for spark.driver.maxResultSize)."""
-    text = setting.strip().lower()
-    digits = len(text) - len(text.lstrip("0123456789"))
-    if not digits or text[digits:] not in _UNITS:
-        raise ConfigError(f"spark.driver.maxResultSize {setting!r} is not a size (e.g. 1g, 4096m)")
-    return int(text[:digits]) * _UNITS[text[digits:]]
-
-
-def check_result_size(blobs: int, dim: int, max_result_size: str) -> None:
-    """ConfigError before a pass whose result, ``blobs`` d x d float64 statistics, exceeds
-    spark.driver.maxResultSize (0: no limit).  Past it Spark aborts the stage after the work,
-    and on Spark 4.0.1 killing that stage's other tasks once crashed the driver's JVM
-    (docs/BENCHMARKS.md, "Large d over Spark Connect"): d = 4096 with 10 blobs is 1.3 GB."""
-    limit = byte_size(max_result_size)
-    need = blobs * (dim * dim + 2 * dim + 2) * 8
-    if limit and need > limit:
-        enough = f"{-(-need // 2**30) + 1}g"
-        raise ConfigError(
-            f"the diagnostics bring {blobs} statistics of d = {dim} to the driver, {need / 2**30:.2f} GiB, above "
-            f"spark.driver.maxResultSize = {max_result_size}: raise it (--spark-conf spark.driver.maxResultSize="
-            f"{enough}; over Spark Connect a setting of the server) or ask for fewer methods or budgets")
+    return merged_values(parts, ["method", "grp", "bucket"], merger, fan=None,
+                         wanted=wanted)  # type: ignore[arg-type]
