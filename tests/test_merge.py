@@ -104,9 +104,12 @@ def test_values_come_in_the_wanted_order_over_many_small_rounds(spark, monkeypat
     summed: Merger[tuple[int, bytes]] = Merger(lambda v: (int(v[0]), bytes(v[1])),
                                                lambda a, b: (a[0] + b[0], a[1] + b[1]), lambda s: s)
     want = {k: (3, b"".join(f"{k}{p}".encode() * 100 for p in range(3))) for k in ("x", "y", None)}
-    monkeypatch.setattr(merge, "round_bytes", lambda setting: 300)  # pieces of 300 bytes, one per round
-    got = list(merge.merged_values(parts, ["key"], summed, fan=2, wanted=[("y",), ("w",), (None,), ("x",)]))
-    assert got == [(("y",), want["y"]), (("w",), None), ((None,), want[None]), (("x",), want["x"])]
+    wanted = [("y",), ("w",), (None,), ("x",)]
+    expected = [(("y",), want["y"]), (("w",), None), ((None,), want[None]), (("x",), want["x"])]
+    monkeypatch.setattr(merge, "round_bytes", lambda setting: 300)  # pieces of 300 bytes
+    assert list(merge.merged_values(parts, ["key"], summed, fan=2, wanted=wanted)) == expected  # all in the first job
+    monkeypatch.setattr(merge, "SMALL_ROW", 0)  # no row comes with the first job: one round per piece
+    assert list(merge.merged_values(parts, ["key"], summed, fan=2, wanted=wanted)) == expected
 
 
 def test_partials_emitted_in_pieces_are_joined_before_they_are_folded(spark):

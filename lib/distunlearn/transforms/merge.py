@@ -170,27 +170,44 @@ def merged_values(parts: DataFrame, keys: Sequence[str], merger: Merger[V], fan:
     binary = {v for v in values if isinstance(schema[v].dataType, T.BinaryType)}
     final = _merged(parts, keys, values, merger, fan, min(PIECE, limit)).persist(StorageLevel.DISK_ONLY)
     try:
-        # The first job computes the merge onto disk and returns only each row's size.
+        # The first job computes the merge onto disk and returns each row's size, and the small
+        # rows whole (every row of low d: the suite's runs need no second job).
         size = sum((F.coalesce(F.length(v), F.lit(0)) for v in binary), F.lit(_ROW_OVERHEAD))
-        plan: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
-        for row in final.select(*keys, PIECE_COLUMN, size.alias("_bytes")).collect():
-            plan.setdefault(tuple(row[k] for k in keys), []).append((row[PIECE_COLUMN], row["_bytes"]))
-        order = list(wanted) if wanted is not None else sorted(plan, key=_sortable)
+        small = size <= SMALL_ROW
+        first = final.select(*keys, PIECE_COLUMN, size.alias("_bytes"), small.alias("_inline"),
+                             *(F.when(small, F.col(v)).alias(v) for v in values))
+        pieces: dict[tuple[Any, ...], int] = {}
+        remote: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
         pending: dict[tuple[Any, ...], list[Any]] = {}
+        for row in first.collect():
+            key = tuple(row[k] for k in keys)
+            pieces[key] = pieces.get(key, 0) + 1
+            if row["_inline"]:
+                pending.setdefault(key, []).append(row)
+            else:
+                remote.setdefault(key, []).append((row[PIECE_COLUMN], row["_bytes"]))
+        order = list(wanted) if wanted is not None else sorted(pieces, key=_sortable)
         done = 0  # keys of `order` yielded so far
-        for batch in _rounds(order, plan, limit):
-            cond = [_matches(keys, key, numbers[0], numbers[-1]) for key, numbers in batch]
-            for row in final.filter(reduce(lambda a, b: a | b, cond)).collect():
-                pending.setdefault(tuple(row[k] for k in keys), []).append(row)
-            while done < len(order) and len(pending.get(order[done], ())) == len(plan.get(order[done], ())):
+
+        def ready() -> Iterator[tuple[tuple[Any, ...], V | None]]:
+            """The keys of `order` from `done` on whose pieces have all arrived."""
+            nonlocal done
+            while done < len(order) and len(pending.get(order[done], ())) == pieces.get(order[done], 0):
                 key = order[done]
                 done += 1
-                if key not in plan:
+                if key not in pieces:
                     yield key, None
                     continue
                 rows = sorted(pending.pop(key), key=lambda r: r[PIECE_COLUMN])
                 yield key, _decoded(merger, values, binary, {v: [r[v] for r in rows] if v in binary else rows[0][v]
                                                              for v in values})
+
+        yield from ready()
+        for batch in _rounds(order, remote, limit):
+            cond = [_matches(keys, key, numbers[0], numbers[-1]) for key, numbers in batch]
+            for row in final.filter(reduce(lambda a, b: a | b, cond)).collect():
+                pending.setdefault(tuple(row[k] for k in keys), []).append(row)
+            yield from ready()
         for key in order[done:]:  # keys without rows after the last round's
             yield key, None
     finally:
@@ -222,6 +239,9 @@ def _merged(parts: DataFrame, keys: Sequence[str], values: list[str], merger: Me
 
 #: Bytes a collected row is counted for besides its binary values (keys, counts, framing).
 _ROW_OVERHEAD = 256
+#: Rows up to this size come with the first job (statistics of d <= 43, n-gram counts of a
+#: few hundred buckets); larger ones in the rounds.  10 000 keys of it are 160 MB.
+SMALL_ROW = 16 * 2**10
 #: Most bytes of merged values one round brings to the driver: the driver's JVM holds a
 #: round's serialized rows while its Python process decodes them.
 ROUND = 128 * 2**20
