@@ -82,7 +82,9 @@ def partial_batches(row: dict[str, Any], schema: pa.Schema) -> Iterator[pa.Recor
     :data:`PIECE` bytes of each binary value, for a ``mapInArrow`` whose schema has the
     :data:`PIECE_COLUMN`: Spark then never sorts, shuffles or batches a row larger than a
     piece (a whole d x d float64 partial of d = 4096, 134 MB, ran the level-2 sort out of the
-    default 2 GB heap).  :func:`tree_merge` joins the pieces before it decodes a partial."""
+    default 2 GB heap).  :func:`tree_merge` joins the pieces before it decodes a partial; a
+    pass that emits pieces emits at most one partial per key and input partition (a sort
+    could interleave the pieces of two)."""
     binary = [f.name for f in schema if pa.types.is_binary(f.type)]
     for cut in _cut(row, binary, PIECE):
         yield pa.RecordBatch.from_pylist([cut], schema=schema)
@@ -92,7 +94,8 @@ def _fold(merger: Merger[V], keys: Sequence[str], values: Sequence[str], schema:
           group_of: Callable[[int], int], piece: int) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow body: rows sorted by (keys, order, piece) -> one partial per (keys, group),
     in pieces of at most ``piece`` bytes.  A partial is the run of rows of one (keys, order)
-    whose piece numbers count up from 0; the input has at most one partial per key and order."""
+    whose piece numbers count up from 0 (whole values: piece 0 each, so each row its own
+    partial); pieces of two partials of one key and order would interleave in the sort."""
     binary = {v for v in values if pa.types.is_binary(schema.field(v).type)}
 
     def partials(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[tuple[tuple[Any, ...], int], V]]:
