@@ -30,7 +30,7 @@ from pathlib import Path
 
 from localcluster import _family, _processes, _signal, free_port, spark_home
 
-from distunlearn.commands.session import WORKER_ENV, delta_build
+from distunlearn.commands.session import WORKER_ENV, daemon_settings, delta_build
 from distunlearn.errors import EnvironmentSetupError
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def server_command(port: int, ivy_dir: str, delta_jars: str = "", conf: dict[str
         "spark.driver.memory": "2g",
         "spark.jars.ivy": str(Path(ivy_dir).expanduser()),
         **{f"spark.executorEnv.{k}": v for k, v in WORKER_ENV.items()},
+        **daemon_settings(),
         **(conf or {}),
     }
     jars = ["--jars", delta_jars] if delta_jars else ["--packages", delta_build().package]

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 #: The project's dependencies that are not packed: provided by the cluster's Spark, or used on
 #: the driver only.
 NOT_PACKED = {"pyspark", "delta-spark", "matplotlib"}
-SPARK_PROCESS = re.compile(r"org\.apache\.spark\.|pyspark")  # daemons, executors, Python workers
+SPARK_PROCESS = re.compile(r"org\.apache\.spark\.|pyspark|distunlearn\.daemon")  # daemons, executors, Python workers
 STATE_FILE = "cluster.json"
 
 

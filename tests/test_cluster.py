@@ -155,7 +155,7 @@ def wait_for_scoring(proc: subprocess.Popen, log: Path, cluster: localcluster.Lo
         assert time.monotonic() < deadline, "scoring stage not reached"
         time.sleep(0.2)
     assert cluster.alive_workers() == 2
-    workers = [c for c in cluster.command_lines() if "pyspark.daemon" in c]
+    workers = [c for c in cluster.command_lines() if re.search(r"-m (pyspark|distunlearn)\.daemon", c)]
     assert workers and all(c.startswith("./environment/bin/python ") for c in workers), workers
 
 

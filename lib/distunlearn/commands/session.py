@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from distunlearn import daemon
 from distunlearn.commands.config import JobConfig
 from distunlearn.errors import EnvironmentSetupError
 from distunlearn.transforms.payload import is_connect
@@ -61,13 +62,16 @@ class DeltaBuild:
         return f"{self.artifact}-{self.version}.jar", f"delta-storage-{self.version}.jar"
 
 
+def _pyspark_version() -> str:
+    import pyspark  # not at the top: the console's --help needs no Spark
+
+    return pyspark.__version__
+
+
 def delta_build(spark_version: str | None = None) -> DeltaBuild:
     """The Delta build for ``spark_version`` (default: the installed pyspark's).
     EnvironmentSetupError for a Spark line no Delta build is listed for."""
-    if spark_version is None:
-        import pyspark
-
-        spark_version = pyspark.__version__
+    spark_version = spark_version or _pyspark_version()
     line = ".".join(spark_version.split(".")[:2])
     if line not in DELTA_BUILDS:
         raise EnvironmentSetupError(
@@ -82,6 +86,13 @@ EXECUTOR_ENV_DIR = "environment"
 #: Environment of every Python worker.  OpenBLAS with its default thread count inside
 #: Spark's workers oversubscribes the cores (measured: ~10x slower X^T X at d=384).
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def daemon_settings() -> dict[str, str]:
+    """The Python worker daemon of a session or server this job launches: distunlearn's on
+    Spark < 4.2, which skips a per-task cost there (:mod:`distunlearn.daemon`); pyspark's
+    (no setting) on later lines.  The executors' Python must hold distunlearn, as for its UDFs."""
+    return {"spark.python.daemon.module": "distunlearn.daemon"} if daemon.needed(_pyspark_version()) else {}
 
 
 def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
@@ -106,6 +117,7 @@ def session_settings(cfg: JobConfig, launch: bool) -> dict[str, str]:
         conf["spark.driver.memory"] = cfg.driver_memory
         conf["spark.pyspark.python"] = sys.executable
         conf["spark.pyspark.driver.python"] = sys.executable
+        conf.update(daemon_settings())
         if cfg.python_archive:
             # The executors unpack the archive into their working directory as ./environment
             # and run its interpreter; the driver keeps this one (README, "Running on a cluster").
