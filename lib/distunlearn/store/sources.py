@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from pyspark.sql import types as T
 
 from distunlearn.errors import InputError
 from distunlearn.progress import note
+from distunlearn.transforms.payload import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,26 @@ def last_version(spark: SparkSession, ref: str) -> int | None:
     return None if not rows else int(rows[0]["version"])
 
 
+#: A file of a Delta log that makes its folder a table: a commit (``00000000000000000003.json``)
+#: or a checkpoint (classic, multi-part or V2); temporary and ``.crc`` files are not.
+_LOG_ENTRY = re.compile(r"\d{20}\.(json|checkpoint(\.\d+\.\d+)?\.parquet|checkpoint\.[\w-]+\.(json|parquet))")
+
+
 def is_delta(spark: SparkSession, path: str) -> bool:
+    """Whether a Delta table is at ``path``.  On a classic session a local path is answered
+    from its ``_delta_log`` folder, which the driver reads the table's log from: a run asks this
+    about a dozen times, and each DESCRIBE HISTORY is a query of 0.1-0.3 s (docs/BENCHMARKS.md,
+    profiling log #16).  A remote URI, or any path over Spark Connect (the server may see
+    another file system), is asked of Spark."""
+    local = local_path(path)
+    if local is not None and not is_connect(spark):
+        log_dir = local / "_delta_log"
+        try:
+            return any(_LOG_ENTRY.fullmatch(name) for name in os.listdir(log_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:  # unreadable here: Spark says what it can see
+            pass
     return last_version(spark, delta_ref(path)) is not None
 
 
