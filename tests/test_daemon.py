@@ -11,7 +11,7 @@ import sys
 
 import pyspark
 import pytest
-from pyspark import worker, worker_util
+from pyspark import SparkFiles, worker, worker_util
 
 from distunlearn import daemon
 
@@ -36,6 +36,9 @@ def test_the_import_caches_are_invalidated_only_when_a_task_changes_the_path(tmp
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(worker_util, "setup_spark_files", worker_util.setup_spark_files)
     monkeypatch.setattr(worker, "setup_spark_files", worker.setup_spark_files)
+    # setup_spark_files also points SparkFiles at the task's folder: keep this process's
+    monkeypatch.setattr(SparkFiles, "_root_directory", SparkFiles._root_directory)
+    monkeypatch.setattr(SparkFiles, "_is_running_on_worker", SparkFiles._is_running_on_worker)
     daemon._patch()
     files, egg = str(tmp_path / "files"), "deps.zip"
 
