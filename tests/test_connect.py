@@ -25,7 +25,8 @@ import yaml
 
 from conftest import SESSION_ARGS, SESSION_SETTINGS, frame, read_delta, read_sets, subprocess_env, write_table
 from distunlearn.commands.cli import main
-from golden_cases import CASES, write_inputs
+from distunlearn.core.evaluation import BASELINE_METHOD
+from golden_cases import CASES, FEATURE_METHODS, write_inputs
 
 pytestmark = pytest.mark.connect
 
@@ -182,13 +183,18 @@ def test_apply_verify_undo_purge_over_connect_as_on_the_classic_session(spark, s
 def test_evaluate_and_report_over_connect(spark, server, features_run, tmp_path):
     out, *_ = features_run
     base = ["--output", str(out), "--run-id", "c1"]
-    done = over_connect(server, ["evaluate", *base])
+    # One budget of the run: a model per method and the baseline (9 fits, not 41; the fits of
+    # every budget on the classic session are test_evaluate's).
+    one_budget = ["--eval-budgets", "0.29"]
+    done = over_connect(server, ["evaluate", *base, *one_budget])
     assert done.returncode == 0, done.stderr[-3000:]
     connect_eval = read_delta(out / "evaluation")
-    assert classic(spark, ["evaluate", *base]) == 0  # replaces the run's rows: compare with what Connect wrote
+    assert classic(spark, ["evaluate", *base, *one_budget]) == 0  # replaces the run's rows: compare with what Connect wrote
     classic_eval = read_delta(out / "evaluation")
     key = ["method", "budget", "budget_count", "k"]
     got, want = (df.sort_values(key).reset_index(drop=True) for df in (connect_eval, classic_eval))
+    fits = got[got.method != BASELINE_METHOD]
+    assert set(fits.method) == set(FEATURE_METHODS) and set(fits.budget) == {0.29}
     # retain_log_loss is a Spark SUM over the held-out rows: its partial sums are added in the
     # order the shuffle delivers them, which moves the last bits between any two runs (classic
     # ones too); everything else, counts and the models' accuracies, is identical.
