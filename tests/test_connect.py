@@ -189,7 +189,8 @@ def test_evaluate_and_report_over_connect(spark, server, features_run, tmp_path)
     done = over_connect(server, ["evaluate", *base, *one_budget])
     assert done.returncode == 0, done.stderr[-3000:]
     connect_eval = read_delta(out / "evaluation")
-    assert classic(spark, ["evaluate", *base, *one_budget]) == 0  # replaces the run's rows: compare with what Connect wrote
+    # the classic evaluate replaces the run's rows: compare them with what Connect wrote
+    assert classic(spark, ["evaluate", *base, *one_budget]) == 0
     classic_eval = read_delta(out / "evaluation")
     key = ["method", "budget", "budget_count", "k"]
     got, want = (df.sort_values(key).reset_index(drop=True) for df in (connect_eval, classic_eval))

@@ -18,6 +18,7 @@ from pyspark.sql.types import StringType, StructType
 
 from distunlearn.errors import ConflictError, InputError
 from distunlearn.progress import note
+from distunlearn.store.sources import last_commit
 from distunlearn.transforms.payload import local_frame
 
 log = logging.getLogger(__name__)
@@ -71,17 +72,6 @@ def check_schema(spark: SparkSession, schema: StructType, path: str) -> None:
             raise InputError(f"output table {path!r} stores column {f.name!r} as "
                              f"{current[f.name].simpleString()}, this run has {f.dataType.simpleString()}; "
                              "use another --output")
-
-
-def last_commit(spark: SparkSession, path: str) -> tuple[int, str]:
-    """Version and numOutputRows of the table's last commit (from the log; no data is read)."""
-    from distunlearn.store.sources import delta_ref, history
-
-    rows = history(spark, delta_ref(path), 1)
-    if not rows:
-        return -1, "?"
-    metrics = rows[0]["operationMetrics"] or {}
-    return int(rows[0]["version"]), str(metrics.get("numOutputRows", "?"))
 
 
 def plain_strings(df: DataFrame) -> DataFrame:
