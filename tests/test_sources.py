@@ -59,4 +59,7 @@ def test_the_log_answers_of_version_and_rows_are_deltas_answers(spark, tmp_path)
     assert {n for _, n in seen} >= {"3", "2", "4", "1"}  # the writes' row counts, not "?" throughout
     assert (tmp_path / "t" / "_delta_log" / f"{6:020d}.checkpoint.parquet").is_file()
     assert last_commit(spark, str(tmp_path / "missing")) == (-1, "?")
-    assert delta_version(spark, str(tmp_path / "missing")) is None
+    spark.createDataFrame(pd.DataFrame({"id": [1]})).write.parquet(str(tmp_path / "parquet"))
+    for other in ("missing", "parquet"):
+        assert delta_version(spark, str(tmp_path / other)) is None
+        assert last_version(spark, delta_ref(str(tmp_path / other))) is None

@@ -154,10 +154,12 @@ def delta_version(spark: SparkSession, source: str) -> int | None:
     """The current version of a Delta table (path or catalog name); None for anything else."""
     if is_path(source):
         log_dir = _local_log(spark, source)
-        if log_dir is not None and is_delta(spark, source):
+        if log_dir is not None and _log_names(log_dir) is not None:
             found = _last_commit_file(log_dir)
             if found is not None:
                 return found[0]
+            if not is_delta(spark, source):  # a Parquet folder, a missing path
+                return None
         return last_version(spark, delta_ref(source))
     if not spark.catalog.tableExists(source):
         return None
