@@ -85,59 +85,56 @@ def last_version(spark: SparkSession, ref: str) -> int | None:
 _LOG_ENTRY = re.compile(r"\d{20}\.(json|checkpoint(\.\d+\.\d+)?\.parquet|checkpoint\.[\w-]+\.(json|parquet))")
 
 
-def _local_log(spark: SparkSession, path: str) -> Path | None:
-    """The ``_delta_log`` folder of ``path`` when this process can answer from it: a local path
-    on a classic session, whose driver reads the table's log from the same folder.  None for a
-    remote URI, or any path over Spark Connect (the server may see another file system): those
-    are asked of Spark."""
+#: A commit file of a Delta log (``00000000000000000003.json``).
+_COMMIT = re.compile(r"(\d{20})\.json")
+
+
+def _local_log(spark: SparkSession, path: str) -> tuple[Path, list[str]] | None:
+    """The ``_delta_log`` folder of ``path`` and its file names ([] when it does not exist),
+    when this process can answer from it: a local path on a classic session, whose driver reads
+    the table's log from the same folder.  None for a remote URI, any path over Spark Connect
+    (the server may see another file system), or a folder unreadable here: those are asked of
+    Spark."""
     local = local_path(path)
-    return None if local is None or is_connect(spark) else local / "_delta_log"
-
-
-def _log_names(log_dir: Path) -> list[str] | None:
-    """The file names in ``log_dir`` ([] when it does not exist); None when it cannot be read
-    here (Spark then says what it can see)."""
+    if local is None or is_connect(spark):
+        return None
+    log_dir = local / "_delta_log"
     try:
-        return os.listdir(log_dir)
+        return log_dir, os.listdir(log_dir)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return log_dir, []
     except OSError:
         return None
 
 
-def _last_commit_file(log_dir: Path) -> tuple[int, Path] | None:
-    """The version and file of the newest commit in ``log_dir``; None when it has none or
-    cannot be read.  Delta keeps the newest commit's JSON file (log clean-up removes only files
-    older than a checkpoint), so the highest-numbered one is the table's version."""
-    versions = [int(m.group(1)) for m in map(_COMMIT.fullmatch, _log_names(log_dir) or []) if m]
-    return (max(versions), log_dir / f"{max(versions):020d}.json") if versions else None
-
-
-#: A commit file of a Delta log (``00000000000000000003.json``).
-_COMMIT = re.compile(r"(\d{20})\.json")
+def _newest_commit(names: list[str]) -> int | None:
+    """The version of the newest commit file among a log's ``names``.  Delta keeps the newest
+    commit's JSON file (log clean-up removes only files older than a checkpoint), so the
+    highest-numbered one is the table's version."""
+    return max((int(m.group(1)) for m in map(_COMMIT.fullmatch, names) if m), default=None)
 
 
 def is_delta(spark: SparkSession, path: str) -> bool:
     """Whether a Delta table is at ``path``.  Answered from the local log folder when
     :func:`_local_log` allows: a run asks this about a dozen times, and each DESCRIBE HISTORY
     is a query of 0.1-0.3 s (docs/BENCHMARKS.md, profiling log #16)."""
-    log_dir = _local_log(spark, path)
-    names = None if log_dir is None else _log_names(log_dir)
-    if names is not None:
-        return any(_LOG_ENTRY.fullmatch(name) for name in names)
+    found = _local_log(spark, path)
+    if found is not None:
+        return any(_LOG_ENTRY.fullmatch(name) for name in found[1])
     return last_version(spark, delta_ref(path)) is not None
 
 
 def last_commit(spark: SparkSession, path: str) -> tuple[int, str]:
     """Version and numOutputRows of the last commit of the Delta table at ``path`` (from its
     log; no data is read): from the newest commit file's ``commitInfo`` when
-    :func:`_local_log` allows, else from DESCRIBE HISTORY, which reads the same entry."""
-    log_dir = _local_log(spark, path)
-    found = None if log_dir is None else _last_commit_file(log_dir)
-    if found is not None:
-        version, file = found
+    :func:`_local_log` allows (profiling log #17), else from DESCRIBE HISTORY, which reads the
+    same entry."""
+    found = _local_log(spark, path)
+    version = None if found is None else _newest_commit(found[1])
+    if found is not None and version is not None:
         try:
-            actions = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+            text = (found[0] / f"{version:020d}.json").read_text()
+            actions = [json.loads(line) for line in text.splitlines() if line.strip()]
         except (OSError, ValueError):
             actions = None
         if actions is not None:
@@ -153,13 +150,11 @@ def last_commit(spark: SparkSession, path: str) -> tuple[int, str]:
 def delta_version(spark: SparkSession, source: str) -> int | None:
     """The current version of a Delta table (path or catalog name); None for anything else."""
     if is_path(source):
-        log_dir = _local_log(spark, source)
-        if log_dir is not None and _log_names(log_dir) is not None:
-            found = _last_commit_file(log_dir)
-            if found is not None:
-                return found[0]
-            if not is_delta(spark, source):  # a Parquet folder, a missing path
-                return None
+        found = _local_log(spark, source)
+        if found is not None:
+            version = _newest_commit(found[1])
+            if version is not None or not any(_LOG_ENTRY.fullmatch(name) for name in found[1]):
+                return version  # None: a Parquet folder, a missing path
         return last_version(spark, delta_ref(source))
     if not spark.catalog.tableExists(source):
         return None
