@@ -114,13 +114,18 @@ def _newest_commit(names: list[str]) -> int | None:
     return max((int(m.group(1)) for m in map(_COMMIT.fullmatch, names) if m), default=None)
 
 
+def _holds_table(names: list[str]) -> bool:
+    """Whether a log folder with these file names makes a table: a commit or a checkpoint."""
+    return any(_LOG_ENTRY.fullmatch(name) for name in names)
+
+
 def is_delta(spark: SparkSession, path: str) -> bool:
     """Whether a Delta table is at ``path``.  Answered from the local log folder when
     :func:`_local_log` allows: a run asks this about a dozen times, and each DESCRIBE HISTORY
     is a query of 0.1-0.3 s (docs/BENCHMARKS.md, profiling log #16)."""
     found = _local_log(spark, path)
     if found is not None:
-        return any(_LOG_ENTRY.fullmatch(name) for name in found[1])
+        return _holds_table(found[1])
     return last_version(spark, delta_ref(path)) is not None
 
 
@@ -153,7 +158,7 @@ def delta_version(spark: SparkSession, source: str) -> int | None:
         found = _local_log(spark, source)
         if found is not None:
             version = _newest_commit(found[1])
-            if version is not None or not any(_LOG_ENTRY.fullmatch(name) for name in found[1]):
+            if version is not None or not _holds_table(found[1]):
                 return version  # None: a Parquet folder, a missing path
         return last_version(spark, delta_ref(source))
     if not spark.catalog.tableExists(source):
